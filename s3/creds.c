@@ -1,0 +1,2 @@
+/* creds.c: being written */
+#include "internal.h"

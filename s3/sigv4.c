@@ -1,0 +1,2 @@
+/* sigv4.c: being written */
+#include "internal.h"

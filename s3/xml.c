@@ -1,0 +1,2 @@
+/* xml.c: being written */
+#include "internal.h"
