@@ -162,4 +162,99 @@ int64_t s3_parse_iso8601(const char *s);
 /* "Wed, 12 Oct 2009 17:50:00 GMT" -> ns since the epoch; -1 on bad input. */
 int64_t s3_parse_http_date(const char *s);
 
+/* ---------------------------------------------------------------- http */
+
+#include <pthread.h>
+
+#include <curl/curl.h>
+
+#define S3_HTTP_MAX_QUERY   12
+#define S3_HTTP_MAX_HEADERS 24
+
+struct s3_client {
+	/* Immutable after s3_client_new(). */
+	char *bucket;
+	char *scheme; /* "http" or "https" */
+	char *host;   /* endpoint host, no port */
+	int port;     /* 0: the scheme's default */
+	char *base_path; /* endpoint path prefix, "" or "/something" */
+	bool path_style;
+	char *region;
+	char *ca_bundle;
+	long connect_timeout_s;
+	long readwrite_timeout_s;
+	int retries;
+	double retry_max_seconds;
+	enum s3_sse_type sse;
+	char *sse_kms_key_id;
+	char *sse_c_key_b64;     /* base64 of the 32-byte key */
+	char *sse_c_key_md5_b64; /* base64 of its MD5 */
+	s3_log_fn log;
+	int log_level;
+	s3_cred_provider *creds;
+
+	/* Idle easy handles; each keeps its own connection cache alive. */
+	pthread_mutex_t pool_lock;
+	CURL **pool;
+	size_t pool_n, pool_cap;
+
+	/* Updated with __atomic builtins. */
+	uint64_t stats_requests[S3_REQ__COUNT];
+	uint64_t stats_retries, stats_errors, stats_bytes_down, stats_bytes_up;
+};
+
+typedef struct s3_http_req {
+	enum s3_req_type type;
+	const char *method; /* "GET", "HEAD", "PUT", "POST", "DELETE" */
+	const char *key;    /* NULL: the bucket itself */
+	s3_kv query[S3_HTTP_MAX_QUERY];
+	size_t n_query;
+	s3_kv headers[S3_HTTP_MAX_HEADERS]; /* signed and sent */
+	size_t n_headers;
+	bool sse_c; /* send the SSE-C customer key headers */
+	bool sse_c_copy_source; /* ... and the copy-source ones */
+
+	/* Request body: a buffer, or `body_len` bytes of body_fd from
+	 * body_fd_off (pread).  body_fd < 0 means the buffer. */
+	const void *body;
+	uint64_t body_len;
+	int body_fd;
+	uint64_t body_fd_off;
+
+	/* Response body of a successful GET: streamed to sink (bytes at object
+	 * offset range_off + n); else collected into s3_http_resp.body. */
+	s3_sink_fn sink;
+	void *sink_ctx;
+	bool has_range;
+	uint64_t range_off, range_len; /* range_len 0: to the end */
+	const char *if_match;
+} s3_http_req;
+
+typedef struct s3_http_resp {
+	long status;
+	char *body; /* NUL-terminated, collected bodies only */
+	size_t body_len;
+	s3_head head;            /* ETag, Last-Modified, type, x-amz-meta-*, size */
+	char request_id[128];
+} s3_http_resp;
+
+void s3_http_req_init(s3_http_req *rq, enum s3_req_type type, const char *method,
+                      const char *key);
+/* Adds a query parameter / header; the strings are borrowed. -E2BIG when full. */
+int s3_http_add_query(s3_http_req *rq, const char *name, const char *value) S3_WARN_UNUSED;
+int s3_http_add_header(s3_http_req *rq, const char *name, const char *value) S3_WARN_UNUSED;
+
+/* Signs and sends the request, retrying as s3.h describes.  Returns 0 for a
+ * 2xx response, else a negative errno with err filled (S3 error XML parsed).
+ * rs is filled in both cases and must be cleared by the caller. */
+int s3_http_perform(s3_client *c, s3_http_req *rq, s3_http_resp *rs,
+                    s3_error *err) S3_WARN_UNUSED;
+void s3_http_resp_clear(s3_http_resp *rs);
+
+/* Whether an S3 error code is transient (SlowDown, InternalError, ...). */
+bool s3_http_code_is_transient(const char *code);
+
+void s3_log(const s3_client *c, int level, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
 #endif
