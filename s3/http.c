@@ -947,7 +947,8 @@ int s3_http_perform(s3_client *c, s3_http_req *rq, s3_http_resp *rs, s3_error *e
 			transient = curl_code_is_transient(cc) && !a.sink_error && !a.read_errno &&
 			            !a.overflow;
 		else
-			transient = rs->status >= 500 || rs->status == 429 ||
+			transient = rs->status == 500 || rs->status == 502 || rs->status == 503 ||
+			            rs->status == 504 || rs->status == 429 ||
 			            (err->code[0] && s3_http_code_is_transient(err->code));
 		if (!transient || attempt >= c->retries)
 			break;

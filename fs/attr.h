@@ -1,0 +1,26 @@
+/*
+ * attr.h - parsing and formatting of s3fs-compatible x-amz-meta-* values.
+ *
+ * s3fs-fuse writes x-amz-meta-mode (decimal st_mode, type bits included),
+ * x-amz-meta-uid, x-amz-meta-gid and x-amz-meta-mtime / -ctime / -atime
+ * (decimal seconds since the epoch); rclone writes x-amz-meta-mtime with a
+ * fraction.  Parsers accept surrounding blanks and nothing else; every
+ * function returns 0 or -EINVAL and leaves *out untouched on error.
+ */
+#ifndef BUCKETFS_FS_ATTR_H
+#define BUCKETFS_FS_ATTR_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* A mode without type bits is a regular file; types other than file,
+ * directory and symlink are refused. */
+int fs_parse_mode(const char *s, uint32_t *out);
+/* 0 .. 2^32-2 */
+int fs_parse_id(const char *s, uint32_t *out);
+/* "1700000000", "1700000000.25", "-5" -> nanoseconds since the epoch */
+int fs_parse_time(const char *s, int64_t *ns_out);
+/* The inverse of fs_parse_time: "1700000000" or "1700000000.25". */
+void fs_format_time(int64_t ns, char *buf, size_t len);
+
+#endif

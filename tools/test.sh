@@ -1,0 +1,135 @@
+#!/bin/bash
+# Installs, builds and runs every test of bucketfs; what CI runs (.ci/run).
+#
+#   usage: tools/test.sh            from anywhere; works in the repo root
+#
+#   1. tools/deps.sh                          packages, npm ci (fast when done)
+#   2. build-ci:   meson -Dwerror=true, ninja, meson test --suite unit
+#   3. build-asan: the same under ASan + UBSan, meson test --suite unit
+#   4. pytest tests/   (integration: real servers, the real binary from
+#                       BUCKETFS_BUILD=<abs build-ci>)
+#
+# Exits non-zero if any step failed; prints a summary. Servers, proxies and
+# mounts that the tests started live under one temporary directory ($TMPDIR
+# for the run); on exit, whatever is left there is stopped/unmounted, by the
+# pid files the servers wrote. Env: BUCKETFS_SKIP_DEPS=1 skips step 1;
+# BUCKETFS_PYTEST_ARGS adds arguments to pytest (e.g. "-k s3rver").
+set -uo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT" || exit 1
+PY=/usr/bin/python3
+
+RUN_TMP=$(mktemp -d /tmp/bucketfs-test.XXXXXX)
+export TMPDIR=$RUN_TMP
+
+cleanup() {
+  # FUSE mounts the tests left behind under the run's temporary directory.
+  if command -v findmnt >/dev/null; then
+    findmnt -rn -o TARGET | grep "^$RUN_TMP/" | sort -r | while read -r m; do
+      echo "[test] unmounting leftover $m"
+      fusermount3 -u -z "$m" 2>/dev/null || umount -l "$m" 2>/dev/null
+    done
+  fi
+  # Servers, by the state each wrote in its directory.
+  find "$RUN_TMP" -maxdepth 4 -type f -name proxy-server.conf -path '*/etc/*' 2>/dev/null |
+    while read -r conf; do
+      SWIFT_BASE=$(dirname "$(dirname "$conf")") bash "$ROOT/tests/servers/swift-stop.sh"
+    done
+  find "$RUN_TMP" -maxdepth 4 -name server.json 2>/dev/null | while read -r f; do
+    d=$(dirname "$f")
+    [ -f "$d/kind" ] || echo s3rver > "$d/kind"
+    $PY "$ROOT/tests/servers/servers.py" stop --dir "$d"
+  done
+  rm -rf "$RUN_TMP"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+declare -a SUMMARY
+FAILED=0
+step() {  # step NAME CMD...: runs CMD, records its result and time
+  local name=$1 t0 rc
+  shift
+  echo
+  echo "=================================================================="
+  echo "== $name"
+  echo "=================================================================="
+  t0=$(date +%s)
+  "$@"
+  rc=$?
+  if [ $rc = 0 ]; then
+    SUMMARY+=("$(printf 'PASS  %-34s %4ds' "$name" $(( $(date +%s) - t0 )))")
+  else
+    SUMMARY+=("$(printf 'FAIL  %-34s %4ds  (exit %d)' "$name" $(( $(date +%s) - t0 )) $rc)")
+    FAILED=1
+  fi
+  return $rc
+}
+skip() { SUMMARY+=("$(printf 'SKIP  %-34s        (%s)' "$1" "$2")"); }
+
+setup_build() {  # DIR [meson options...]: a fresh configuration
+  local dir=$1
+  shift
+  rm -rf "$dir"
+  meson setup "$dir" "$@"
+}
+
+unit_tests() {  # DIR
+  meson test -C "$1" --suite unit --print-errorlogs
+}
+
+# ----------------------------------------------------------------- 1. deps
+deps_ok=1
+if [ "${BUCKETFS_SKIP_DEPS:-0}" = 1 ]; then
+  skip "deps (tools/deps.sh)" "BUCKETFS_SKIP_DEPS=1"
+else
+  step "deps (tools/deps.sh)" bash tools/deps.sh || deps_ok=0
+fi
+
+# ----------------------------------------------------------------- 2. build-ci
+ci_ok=0
+if [ $deps_ok = 1 ]; then
+  if step "build-ci: meson setup" setup_build build-ci -Dwerror=true &&
+     step "build-ci: ninja" ninja -C build-ci; then
+    ci_ok=1
+    step "build-ci: unit tests" unit_tests build-ci || ci_ok=0
+  fi
+else
+  skip "build-ci" "deps failed"
+fi
+
+# ----------------------------------------------------------------- 3. build-asan
+if [ $deps_ok = 1 ]; then
+  export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1:strict_string_checks=1}
+  export UBSAN_OPTIONS=${UBSAN_OPTIONS:-halt_on_error=1:print_stacktrace=1}
+  if step "build-asan: meson setup" setup_build build-asan -Dwerror=true \
+        -Db_sanitize=address,undefined -Db_lundef=false &&
+     step "build-asan: ninja" ninja -C build-asan; then
+    step "build-asan: unit tests" unit_tests build-asan
+  fi
+else
+  skip "build-asan" "deps failed"
+fi
+
+# ----------------------------------------------------------------- 4. pytest
+if [ $ci_ok = 1 ]; then
+  export BUCKETFS_BUILD=$ROOT/build-ci
+  # shellcheck disable=SC2086
+  step "pytest tests/" $PY -m pytest -x -v -p no:cacheprovider \
+    --basetemp="$RUN_TMP/pytest" tests/ ${BUCKETFS_PYTEST_ARGS:-}
+else
+  skip "pytest tests/" "build-ci failed"
+fi
+
+echo
+echo "=================================================================="
+echo "== summary"
+echo "=================================================================="
+printf '%s\n' "${SUMMARY[@]}"
+if [ $FAILED = 0 ]; then
+  echo "ALL PASSED"
+else
+  echo "FAILED"
+fi
+exit $FAILED
