@@ -1,0 +1,1061 @@
+/*
+ * cache.c - the core of cache/: objects and blocks in memory, the cap and
+ * LRU eviction, the read path (hit, deduplicated fetch, streaming), put,
+ * invalidate, open and close.
+ *
+ * The in-memory state mirrors the index (db.c) and is authoritative while
+ * the cache is open; the index is written through on every change of which
+ * blocks are present, and the LRU stamps are saved in batches.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <openssl/sha.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+/* How many LRU stamps may wait in memory before they are saved. */
+#define CACHE_TOUCHED_MAX 4096
+
+void cache_log(cache *c, int level, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (!c->cfg.log)
+		return;
+	va_start(ap, fmt);
+	c->cfg.log(level, fmt, ap);
+	va_end(ap);
+}
+
+/* ---------------------------------------------------------------- helpers */
+
+uint64_t cache_nblocks(uint64_t size, uint64_t bs)
+{
+	return size / bs + (size % bs != 0);
+}
+
+uint64_t cache_blk_len(const struct cache_obj *o, uint64_t bs, uint64_t idx)
+{
+	uint64_t start = idx * bs;
+
+	if (start >= o->size)
+		return 0;
+	return o->size - start < bs ? o->size - start : bs;
+}
+
+static uint64_t cache_round_up(uint64_t n)
+{
+	return (n + CACHE_FS_BLOCK - 1) / CACHE_FS_BLOCK * CACHE_FS_BLOCK;
+}
+
+/* Extent-tree allowance for a file with nblk cached blocks: ext4 keeps four
+ * extents in the inode and about 340 per 4 KiB tree block; 128 per block
+ * leaves room for blocks that the allocator split. */
+uint64_t cache_meta_for(uint64_t nblk)
+{
+	if (nblk < 4)
+		return 0;
+	return CACHE_FS_BLOCK * (1 + (nblk - 4) / 128);
+}
+
+void cache_key_hash(const char *key, char hex[65])
+{
+	unsigned char md[SHA256_DIGEST_LENGTH];
+	static const char digits[] = "0123456789abcdef";
+
+	SHA256((const unsigned char *)key, strlen(key), md);
+	for (int i = 0; i < SHA256_DIGEST_LENGTH; i++) {
+		hex[2 * i] = digits[md[i] >> 4];
+		hex[2 * i + 1] = digits[md[i] & 15];
+	}
+	hex[64] = '\0';
+}
+
+static uint64_t cache_mix(uint64_t x)
+{
+	x ^= x >> 30;
+	x *= 0xbf58476d1ce4e5b9ULL;
+	x ^= x >> 27;
+	x *= 0x94d049bb133111ebULL;
+	x ^= x >> 31;
+	return x;
+}
+
+static uint64_t cache_str_hash(const char *s)
+{
+	uint64_t h = 0xcbf29ce484222325ULL;
+
+	for (; *s; s++)
+		h = (h ^ (unsigned char)*s) * 0x100000001b3ULL;
+	return cache_mix(h);
+}
+
+static uint64_t cache_blk_hash(const struct cache_obj *o, uint64_t idx)
+{
+	return cache_mix((uint64_t)(uintptr_t)o * 0x9e3779b97f4a7c15ULL + idx);
+}
+
+int cache_punch(cache *c, int fd, uint64_t off, uint64_t len)
+{
+	if (fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off,
+	              (off_t)cache_round_up(len)) < 0) {
+		int err = errno;
+
+		cache_log(c, CACHE_LOG_ERR, "cache: punching a hole: %s", strerror(err));
+		return -err;
+	}
+	return 0;
+}
+
+/* ---------------------------------------------------------------- objects */
+
+struct cache_obj *cache_obj_lookup(cache *c, const char *key)
+{
+	struct cache_obj *o = c->obj_tab[cache_str_hash(key) & (c->obj_nb - 1)];
+
+	while (o && strcmp(o->key, key) != 0)
+		o = o->hnext;
+	return o;
+}
+
+static void cache_obj_tab_grow(cache *c)
+{
+	size_t nb = c->obj_nb * 2;
+	struct cache_obj **tab = calloc(nb, sizeof(*tab));
+
+	if (!tab)
+		return; /* longer chains, still correct */
+	for (size_t i = 0; i < c->obj_nb; i++) {
+		struct cache_obj *o, *next;
+
+		for (o = c->obj_tab[i]; o; o = next) {
+			size_t h = cache_str_hash(o->key) & (nb - 1);
+
+			next = o->hnext;
+			o->hnext = tab[h];
+			tab[h] = o;
+		}
+	}
+	free(c->obj_tab);
+	c->obj_tab = tab;
+	c->obj_nb = nb;
+}
+
+static void cache_obj_unhash(cache *c, struct cache_obj *o)
+{
+	struct cache_obj **pp = &c->obj_tab[cache_str_hash(o->key) & (c->obj_nb - 1)];
+
+	while (*pp && *pp != o)
+		pp = &(*pp)->hnext;
+	if (*pp) {
+		*pp = o->hnext;
+		c->obj_n--;
+	}
+	o->hnext = NULL;
+}
+
+static char *cache_obj_path(cache *c, const char *key, int64_t id, bool mkdirs)
+{
+	char hex[65], *path;
+
+	cache_key_hash(key, hex);
+	if (mkdirs) {
+		if (asprintf(&path, "%s/%.2s", c->objdir, hex) < 0)
+			return NULL;
+		if (mkdir(path, 0700) < 0 && errno != EEXIST) {
+			int err = errno;
+
+			free(path);
+			errno = err;
+			return NULL;
+		}
+		free(path);
+	}
+	if (asprintf(&path, "%s/%.2s/%s-%lld", c->objdir, hex, hex, (long long)id) < 0)
+		return NULL;
+	return path;
+}
+
+/* A new in-memory object, hashed, with no reference and no open file.
+ * NULL with errno on failure. */
+struct cache_obj *cache_obj_new(cache *c, const char *key, const char *etag, uint64_t size,
+                                int64_t id, bool create_file)
+{
+	struct cache_obj *o = calloc(1, sizeof(*o));
+	size_t h;
+	int err;
+
+	if (!o)
+		return NULL;
+	o->fd = -1;
+	o->id = id;
+	o->size = size;
+	cache_list_init(&o->blocks);
+	o->key = strdup(key);
+	o->etag = strdup(etag);
+	if (!o->key || !o->etag)
+		goto fail;
+	o->path = cache_obj_path(c, key, id, create_file);
+	if (!o->path)
+		goto fail;
+	if (create_file) {
+		/* O_TRUNC: a file left over by a crash must not lend its bytes. */
+		int fd = open(o->path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+
+		if (fd < 0)
+			goto fail;
+		close(fd);
+	}
+	if (c->obj_n >= c->obj_nb)
+		cache_obj_tab_grow(c);
+	h = cache_str_hash(key) & (c->obj_nb - 1);
+	o->hnext = c->obj_tab[h];
+	c->obj_tab[h] = o;
+	c->obj_n++;
+	return o;
+fail:
+	err = errno;
+	free(o->key);
+	free(o->etag);
+	free(o->path);
+	free(o);
+	errno = err;
+	return NULL;
+}
+
+/* Takes a reference; the first one opens the file. */
+static int cache_obj_ref(cache *c, struct cache_obj *o)
+{
+	if (o->refs == 0 && o->fd < 0) {
+		o->fd = open(o->path, O_RDWR | O_CLOEXEC);
+		if (o->fd < 0) {
+			int err = errno;
+
+			cache_log(c, CACHE_LOG_ERR, "cache: open %s: %s", o->path, strerror(err));
+			return -err;
+		}
+	}
+	o->refs++;
+	return 0;
+}
+
+/* Records a new object.  With create_file, its (empty) file is created and
+ * it comes with one reference; without, it has no reference and no file yet,
+ * for the caller to rename one into place. */
+int cache_obj_create(cache *c, const char *key, const char *etag, uint64_t size, bool create_file,
+                     struct cache_obj **out)
+{
+	struct cache_obj *o;
+	int64_t id;
+	int rc;
+
+	rc = cache_db_insert_obj(c, key, etag, size, &id);
+	if (rc)
+		return rc;
+	o = cache_obj_new(c, key, etag, size, id, create_file);
+	if (!o) {
+		rc = -errno;
+		goto fail;
+	}
+	if (create_file) {
+		rc = cache_obj_ref(c, o);
+		if (rc) {
+			cache_obj_unhash(c, o);
+			unlink(o->path);
+			free(o->key);
+			free(o->etag);
+			free(o->path);
+			free(o);
+			goto fail;
+		}
+	}
+	*out = o;
+	return 0;
+fail:
+	if (cache_db_delete_obj(c, id))
+		cache_log(c, CACHE_LOG_WARNING, "cache: could not forget object %lld",
+		          (long long)id);
+	return rc;
+}
+
+/* Frees an object that has no blocks and no references; a live one is
+ * forgotten by the index and its file removed. */
+void cache_obj_free(cache *c, struct cache_obj *o)
+{
+	if (!o->dead) {
+		cache_obj_unhash(c, o);
+		if (cache_db_delete_obj(c, o->id))
+			cache_log(c, CACHE_LOG_WARNING, "cache: could not forget %s", o->key);
+		unlink(o->path);
+	}
+	if (o->fd >= 0)
+		close(o->fd);
+	c->cur_bytes -= o->meta_charge;
+	free(o->key);
+	free(o->etag);
+	free(o->path);
+	free(o);
+}
+
+void cache_obj_put(cache *c, struct cache_obj *o)
+{
+	if (--o->refs > 0)
+		return;
+	if (o->dead || o->nblk == 0) {
+		cache_obj_free(c, o);
+		return;
+	}
+	/* Closed so that a large cache does not hold one descriptor per object. */
+	if (o->fd >= 0)
+		close(o->fd);
+	o->fd = -1;
+}
+
+static void cache_blk_free(cache *c, struct cache_blk *b);
+
+/* Discards an object's content: readers holding it finish their blocks, the
+ * rest goes now. */
+void cache_obj_drop(cache *c, struct cache_obj *o)
+{
+	struct cache_list *l, *next;
+
+	cache_obj_unhash(c, o);
+	o->dead = true;
+	if (cache_db_delete_obj(c, o->id))
+		cache_log(c, CACHE_LOG_WARNING, "cache: could not forget %s", o->key);
+	unlink(o->path);
+	for (l = o->blocks.next; l != &o->blocks; l = next) {
+		struct cache_blk *b = cache_container_of(l, struct cache_blk, olink);
+
+		next = l->next;
+		if (b->state == BLK_PRESENT && b->pins == 0)
+			cache_blk_free(c, b);
+	}
+	if (o->refs == 0)
+		cache_obj_free(c, o);
+}
+
+enum cache_get_mode {
+	CACHE_GET_READ,     /* create; another etag is discarded */
+	CACHE_GET_PREFETCH, /* create; another etag is an error (ESTALE) */
+	CACHE_GET_EXISTING, /* no create; another etag is an error (ENOENT) */
+};
+
+/* The object (key, etag, size) with a reference, or NULL with errno. */
+static struct cache_obj *cache_obj_get(cache *c, const char *key, const char *etag, uint64_t size,
+                                       enum cache_get_mode mode)
+{
+	struct cache_obj *o = cache_obj_lookup(c, key);
+	int rc;
+
+	if (o && (strcmp(o->etag, etag) != 0 || o->size != size)) {
+		if (mode != CACHE_GET_READ) {
+			errno = mode == CACHE_GET_PREFETCH ? ESTALE : ENOENT;
+			return NULL;
+		}
+		cache_obj_drop(c, o);
+		o = NULL;
+	}
+	if (o) {
+		rc = cache_obj_ref(c, o);
+		if (rc) {
+			errno = -rc;
+			return NULL;
+		}
+		return o;
+	}
+	if (mode == CACHE_GET_EXISTING) {
+		errno = ENOENT;
+		return NULL;
+	}
+	rc = cache_obj_create(c, key, etag, size, true, &o);
+	if (rc) {
+		errno = -rc;
+		return NULL;
+	}
+	return o;
+}
+
+/* ---------------------------------------------------------------- blocks */
+
+struct cache_blk *cache_blk_lookup(cache *c, const struct cache_obj *o, uint64_t idx)
+{
+	struct cache_blk *b = c->blk_tab[cache_blk_hash(o, idx) & (c->blk_nb - 1)];
+
+	while (b && (b->obj != o || b->idx != idx))
+		b = b->hnext;
+	return b;
+}
+
+static void cache_blk_tab_grow(cache *c)
+{
+	size_t nb = c->blk_nb * 2;
+	struct cache_blk **tab = calloc(nb, sizeof(*tab));
+
+	if (!tab)
+		return;
+	for (size_t i = 0; i < c->blk_nb; i++) {
+		struct cache_blk *b, *next;
+
+		for (b = c->blk_tab[i]; b; b = next) {
+			size_t h = cache_blk_hash(b->obj, b->idx) & (nb - 1);
+
+			next = b->hnext;
+			b->hnext = tab[h];
+			tab[h] = b;
+		}
+	}
+	free(c->blk_tab);
+	c->blk_tab = tab;
+	c->blk_nb = nb;
+}
+
+static void cache_blk_unhash(cache *c, struct cache_blk *b)
+{
+	struct cache_blk **pp = &c->blk_tab[cache_blk_hash(b->obj, b->idx) & (c->blk_nb - 1)];
+
+	while (*pp && *pp != b)
+		pp = &(*pp)->hnext;
+	if (*pp) {
+		*pp = b->hnext;
+		c->blk_n--;
+	}
+	b->hnext = NULL;
+}
+
+/* A new block of o, hashed and charged `charge` (already counted in
+ * c->cur_bytes by the caller); no pin, not in the LRU.  NULL on ENOMEM. */
+struct cache_blk *cache_blk_add(cache *c, struct cache_obj *o, uint64_t idx,
+                                enum cache_blk_state state, uint64_t charge)
+{
+	struct cache_blk *b = calloc(1, sizeof(*b));
+	size_t h;
+
+	if (!b)
+		return NULL;
+	b->obj = o;
+	b->idx = idx;
+	b->state = state;
+	b->charge = charge;
+	cache_list_init(&b->lru);
+	cache_list_init(&b->touched);
+	cache_list_add_tail(&o->blocks, &b->olink);
+	o->nblk++;
+	if (c->blk_n >= c->blk_nb)
+		cache_blk_tab_grow(c);
+	h = cache_blk_hash(o, idx) & (c->blk_nb - 1);
+	b->hnext = c->blk_tab[h];
+	c->blk_tab[h] = b;
+	c->blk_n++;
+	return b;
+}
+
+/* Takes b out of every structure and returns its charge; the memory is the
+ * caller's to free. */
+static void cache_blk_detach(cache *c, struct cache_blk *b)
+{
+	cache_blk_unhash(c, b);
+	cache_list_del(&b->lru);
+	if (!cache_list_empty(&b->touched)) {
+		cache_list_del(&b->touched);
+		c->ntouched--;
+	}
+	cache_list_del(&b->olink);
+	b->obj->nblk--;
+	c->cur_bytes -= b->charge;
+}
+
+/* Forgets an unpinned block without touching its data or its row. */
+void cache_blk_discard(cache *c, struct cache_blk *b)
+{
+	cache_blk_detach(c, b);
+	free(b);
+}
+
+/* Removes a present, unpinned block: forgotten first, then punched, so a
+ * crash in between leaves unrecorded data, which the next open punches. */
+static void cache_blk_free(cache *c, struct cache_blk *b)
+{
+	struct cache_obj *o = b->obj;
+	int fd = o->fd;
+
+	if (!o->dead && cache_db_delete_blk(c, o->id, b->idx))
+		cache_log(c, CACHE_LOG_WARNING, "cache: could not forget a block of %s", o->key);
+	if (fd < 0)
+		fd = open(o->path, O_RDWR | O_CLOEXEC);
+	if (fd >= 0) {
+		/* On failure the charge is still released: the cap may then be
+		 * exceeded on disk until the object goes, which is logged. */
+		(void)cache_punch(c, fd, b->idx * c->bs, c->bs);
+		if (fd != o->fd)
+			close(fd);
+	}
+	cache_blk_detach(c, b);
+	free(b);
+}
+
+/* Stamps b as most recently used, to be saved with the next batch. */
+void cache_blk_touch(cache *c, struct cache_blk *b)
+{
+	b->seq = ++c->seq;
+	if (cache_list_empty(&b->touched)) {
+		cache_list_add_tail(&c->touched, &b->touched);
+		c->ntouched++;
+	}
+	if (c->ntouched >= CACHE_TOUCHED_MAX)
+		cache_db_save_touched(c);
+}
+
+void cache_blk_unpin(cache *c, struct cache_blk *b)
+{
+	struct cache_obj *o = b->obj;
+
+	if (--b->pins > 0)
+		return;
+	if (b->state == BLK_FAILED) {
+		free(b);
+		return;
+	}
+	if (o->dead) {
+		cache_blk_free(c, b);
+		return;
+	}
+	cache_blk_touch(c, b);
+	cache_list_add(&c->lru, &b->lru);
+}
+
+/* Evicts least recently used blocks until `need` more bytes fit under the
+ * cap.  False when the unpinned blocks do not suffice. */
+bool cache_evict_until(cache *c, uint64_t need)
+{
+	while (c->cur_bytes + need > c->cfg.size) {
+		struct cache_blk *b;
+		struct cache_obj *o;
+
+		if (cache_list_empty(&c->lru))
+			return false;
+		b = cache_container_of(c->lru.prev, struct cache_blk, lru);
+		o = b->obj;
+		c->st.evicted_bytes += b->charge;
+		cache_blk_free(c, b);
+		if (o->nblk == 0 && o->refs == 0)
+			cache_obj_free(c, o);
+	}
+	return true;
+}
+
+enum cache_acq {
+	CACHE_ACQ_HIT = 1, /* present, pinned */
+	CACHE_ACQ_FETCH,   /* reserved and pinned: the caller fills it */
+	CACHE_ACQ_NOROOM,  /* everything evictable is gone: stream */
+	CACHE_ACQ_BUSY,    /* present or fetching, and the caller won't wait */
+};
+
+/* Pins block idx of o, reserving it if absent.  With `wait`, a block being
+ * fetched by someone else is waited for; its failure is returned as a
+ * negative errno.  Called and returns with c->lock held. */
+static int cache_blk_acquire(cache *c, struct cache_obj *o, uint64_t idx, bool wait,
+                             struct cache_blk **out)
+{
+	struct cache_blk *b = cache_blk_lookup(c, o, idx);
+	uint64_t data, meta, extra;
+
+	if (b) {
+		if (b->state == BLK_PRESENT && wait) {
+			b->pins++;
+			cache_list_del(&b->lru);
+			*out = b;
+			return CACHE_ACQ_HIT;
+		}
+		if (!wait)
+			return CACHE_ACQ_BUSY;
+		b->pins++;
+		while (b->state == BLK_FETCHING)
+			pthread_cond_wait(&c->cond, &c->lock);
+		if (b->state == BLK_PRESENT) {
+			*out = b;
+			return CACHE_ACQ_HIT;
+		}
+		{
+			int err = b->err;
+
+			cache_blk_unpin(c, b);
+			return err;
+		}
+	}
+
+	data = cache_round_up(cache_blk_len(o, c->bs, idx));
+	meta = cache_meta_for(o->nblk + 1);
+	extra = meta > o->meta_charge ? meta - o->meta_charge : 0;
+	if (data + extra > c->cfg.size || !cache_evict_until(c, data + extra))
+		return CACHE_ACQ_NOROOM;
+	b = cache_blk_add(c, o, idx, BLK_FETCHING, data);
+	if (!b)
+		return -ENOMEM;
+	o->meta_charge += extra;
+	c->cur_bytes += data + extra;
+	b->pins = 1;
+	*out = b;
+	return CACHE_ACQ_FETCH;
+}
+
+/* Fills a reserved block (from `data`, or else the fetch callback), syncs
+ * it, records it and wakes its waiters.  Called without c->lock; b stays
+ * pinned either way.  Returns 0 or -errno (b is then BLK_FAILED). */
+static int cache_blk_fill(cache *c, struct cache_blk *b, const void *data)
+{
+	struct cache_obj *o = b->obj;
+	uint64_t off = b->idx * c->bs, len = cache_blk_len(o, c->bs, b->idx);
+	int rc = 0;
+
+	if (data) {
+		const char *p = data;
+		uint64_t done = 0;
+
+		while (done < len) {
+			ssize_t n = pwrite(o->fd, p + done, len - done, (off_t)(off + done));
+
+			if (n < 0 && errno == EINTR)
+				continue;
+			if (n <= 0) {
+				rc = n < 0 ? -errno : -EIO;
+				break;
+			}
+			done += (uint64_t)n;
+		}
+	} else {
+		rc = c->cfg.fetch(c->cfg.fetch_ctx, o->key, o->etag, off, len, o->fd, off);
+		if (rc > 0)
+			rc = -EIO; /* not part of the contract */
+	}
+	if (!rc && !c->cfg.no_sync && fdatasync(o->fd) < 0)
+		rc = -errno;
+
+	pthread_mutex_lock(&c->lock);
+	if (rc) {
+		/* Under the lock, so no new fetch of this block can start
+		 * writing before the partial data is gone. */
+		(void)cache_punch(c, o->fd, off, c->bs);
+		cache_blk_detach(c, b);
+		b->state = BLK_FAILED;
+		b->err = rc;
+		c->st.fetch_errors += !data;
+	} else {
+		b->state = BLK_PRESENT;
+		if (!data)
+			c->st.miss_bytes += len;
+		if (!o->dead && cache_db_insert_blk(c, o->id, b->idx, c->seq + 1))
+			cache_log(c, CACHE_LOG_WARNING,
+			          "cache: could not record a block of %s; it will be refetched "
+			          "after a restart",
+			          o->key);
+	}
+	pthread_cond_broadcast(&c->cond);
+	pthread_mutex_unlock(&c->lock);
+	return rc;
+}
+
+static int cache_pread_full(int fd, void *buf, size_t len, uint64_t off)
+{
+	size_t done = 0;
+
+	while (done < len) {
+		ssize_t n = pread(fd, (char *)buf + done, len - done, (off_t)(off + done));
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			return -errno;
+		if (n == 0)
+			return -EIO; /* a present block is never short */
+		done += (size_t)n;
+	}
+	return 0;
+}
+
+/* No room in the cache: fetch just the bytes asked for into memory. */
+static int cache_stream(cache *c, struct cache_obj *o, uint64_t off, size_t len, void *buf)
+{
+	int fd = memfd_create("bucketfs-stream", MFD_CLOEXEC);
+	int rc;
+
+	if (fd < 0)
+		return -errno;
+	rc = c->cfg.fetch(c->cfg.fetch_ctx, o->key, o->etag, off, len, fd, 0);
+	if (rc > 0)
+		rc = -EIO;
+	if (!rc)
+		rc = cache_pread_full(fd, buf, len, 0);
+	close(fd);
+	pthread_mutex_lock(&c->lock);
+	if (rc) {
+		c->st.fetch_errors++;
+	} else {
+		c->st.miss_bytes += len;
+		c->st.stream_bytes += len;
+	}
+	pthread_mutex_unlock(&c->lock);
+	return rc;
+}
+
+/* Serves [off, off + len), which lies within block idx of o. */
+static int cache_read_block(cache *c, struct cache_obj *o, uint64_t idx, uint64_t off, size_t len,
+                            void *buf)
+{
+	struct cache_blk *b = NULL;
+	int rc;
+
+	pthread_mutex_lock(&c->lock);
+	rc = cache_blk_acquire(c, o, idx, true, &b);
+	if (rc == CACHE_ACQ_HIT)
+		c->st.hit_bytes += len;
+	pthread_mutex_unlock(&c->lock);
+	if (rc == CACHE_ACQ_NOROOM)
+		return cache_stream(c, o, off, len, buf);
+	if (rc < 0)
+		return rc;
+	if (rc == CACHE_ACQ_FETCH)
+		rc = cache_blk_fill(c, b, NULL);
+	else
+		rc = 0;
+	if (!rc)
+		rc = cache_pread_full(o->fd, buf, len, off);
+	pthread_mutex_lock(&c->lock);
+	cache_blk_unpin(c, b);
+	pthread_mutex_unlock(&c->lock);
+	return rc;
+}
+
+int cache_fetch_block(cache *c, struct cache_obj *o, uint64_t idx, bool prefetch)
+{
+	struct cache_blk *b = NULL;
+	int rc;
+
+	pthread_mutex_lock(&c->lock);
+	rc = cache_blk_acquire(c, o, idx, false, &b);
+	pthread_mutex_unlock(&c->lock);
+	if (rc != CACHE_ACQ_FETCH)
+		return rc < 0 ? rc : 1;
+	rc = cache_blk_fill(c, b, NULL);
+	pthread_mutex_lock(&c->lock);
+	if (!rc && prefetch)
+		c->st.prefetch_count++;
+	cache_blk_unpin(c, b);
+	pthread_mutex_unlock(&c->lock);
+	return rc;
+}
+
+/* Pins block idx of o if it is present, without waiting or fetching. */
+struct cache_blk *cache_blk_pin_present(cache *c, struct cache_obj *o, uint64_t idx)
+{
+	struct cache_blk *b = cache_blk_lookup(c, o, idx);
+
+	if (!b || b->state != BLK_PRESENT)
+		return NULL;
+	b->pins++;
+	cache_list_del(&b->lru);
+	return b;
+}
+
+struct cache_obj *cache_obj_get_existing(cache *c, const char *key, const char *etag, uint64_t size)
+{
+	return cache_obj_get(c, key, etag, size, CACHE_GET_EXISTING);
+}
+
+struct cache_obj *cache_obj_get_prefetch(cache *c, const char *key, const char *etag, uint64_t size)
+{
+	return cache_obj_get(c, key, etag, size, CACHE_GET_PREFETCH);
+}
+
+/* ---------------------------------------------------------------- API */
+
+ssize_t cache_read_common(cache *c, cache_reader *r, const char *key, const char *etag,
+                          uint64_t size, uint64_t off, size_t len, void *buf)
+{
+	struct cache_obj *o;
+	size_t done = 0;
+	int rc = 0;
+
+	if (off >= size || len == 0)
+		return 0;
+	if (len > size - off)
+		len = size - off;
+	if (len > SSIZE_MAX)
+		len = SSIZE_MAX;
+
+	pthread_mutex_lock(&c->lock);
+	o = cache_obj_get(c, key, etag, size, CACHE_GET_READ);
+	if (!o) {
+		rc = -errno;
+		pthread_mutex_unlock(&c->lock);
+		return rc;
+	}
+	if (r)
+		cache_reader_schedule(r, o, off, len);
+	pthread_mutex_unlock(&c->lock);
+
+	while (done < len) {
+		uint64_t pos = off + done, idx = pos / c->bs;
+		uint64_t part = (idx + 1) * c->bs - pos;
+
+		if (part > len - done)
+			part = len - done;
+		rc = cache_read_block(c, o, idx, pos, (size_t)part, (char *)buf + done);
+		if (rc)
+			break;
+		done += part;
+	}
+
+	pthread_mutex_lock(&c->lock);
+	cache_obj_put(c, o);
+	pthread_mutex_unlock(&c->lock);
+	/* All or nothing: FUSE takes a short read for the end of the file. */
+	return rc ? rc : (ssize_t)done;
+}
+
+ssize_t cache_read(cache *c, const char *key, const char *etag, uint64_t size, uint64_t off,
+                   size_t len, void *buf)
+{
+	return cache_read_common(c, NULL, key, etag, size, off, len, buf);
+}
+
+int cache_put(cache *c, const char *key, const char *etag, uint64_t size, uint64_t off,
+              const void *data, size_t len)
+{
+	struct cache_obj *o;
+	uint64_t end = off + len, idx;
+	int rc = 0;
+
+	if (end > size)
+		end = size;
+	pthread_mutex_lock(&c->lock);
+	o = cache_obj_get(c, key, etag, size, CACHE_GET_READ);
+	if (!o) {
+		rc = -errno;
+		pthread_mutex_unlock(&c->lock);
+		return rc;
+	}
+	for (idx = (off + c->bs - 1) / c->bs; idx * c->bs < end; idx++) {
+		uint64_t start = idx * c->bs, blen = cache_blk_len(o, c->bs, idx);
+		struct cache_blk *b = NULL;
+
+		if (start + blen > end)
+			break;
+		rc = cache_blk_acquire(c, o, idx, false, &b);
+		if (rc < 0)
+			break;
+		rc = 0;
+		if (!b)
+			continue; /* cached already, or no room */
+		pthread_mutex_unlock(&c->lock);
+		rc = cache_blk_fill(c, b, (const char *)data + (start - off));
+		pthread_mutex_lock(&c->lock);
+		cache_blk_unpin(c, b);
+		if (rc)
+			break;
+	}
+	cache_obj_put(c, o);
+	pthread_mutex_unlock(&c->lock);
+	return rc;
+}
+
+void cache_invalidate(cache *c, const char *key)
+{
+	struct cache_obj *o;
+
+	pthread_mutex_lock(&c->lock);
+	o = cache_obj_lookup(c, key);
+	if (o)
+		cache_obj_drop(c, o);
+	pthread_mutex_unlock(&c->lock);
+}
+
+void cache_get_stats(cache *c, cache_stats *out)
+{
+	uint64_t dirty = cache_dirty_bytes(c);
+
+	pthread_mutex_lock(&c->lock);
+	*out = c->st;
+	out->current_bytes = c->cur_bytes;
+	out->cap_bytes = c->cfg.size;
+	pthread_mutex_unlock(&c->lock);
+	out->dirty_bytes = dirty;
+}
+
+/* ---------------------------------------------------------------- open/close */
+
+static int cache_mkdir(const char *path)
+{
+	if (mkdir(path, 0700) < 0 && errno != EEXIST)
+		return -errno;
+	return 0;
+}
+
+/* Punching is what keeps the cap honest; refuse a file system without it. */
+static int cache_probe_punch(cache *c)
+{
+	char *path;
+	int fd, rc = 0;
+	static const char zero[4096];
+
+	if (asprintf(&path, "%s/.probe", c->objdir) < 0)
+		return -ENOMEM;
+	fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	if (fd < 0) {
+		rc = -errno;
+		goto out;
+	}
+	if (pwrite(fd, zero, sizeof(zero), 0) != (ssize_t)sizeof(zero))
+		rc = -EIO;
+	else if (fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, sizeof(zero)) < 0)
+		rc = -errno;
+	close(fd);
+	unlink(path);
+out:
+	free(path);
+	return rc;
+}
+
+static void cache_destroy(cache *c)
+{
+	if (c->obj_tab) {
+		for (size_t i = 0; i < c->obj_nb; i++) {
+			struct cache_obj *o, *next;
+
+			for (o = c->obj_tab[i]; o; o = next) {
+				struct cache_list *l, *ln;
+
+				next = o->hnext;
+				for (l = o->blocks.next; l != &o->blocks; l = ln) {
+					ln = l->next;
+					free(cache_container_of(l, struct cache_blk, olink));
+				}
+				if (o->fd >= 0)
+					close(o->fd);
+				free(o->key);
+				free(o->etag);
+				free(o->path);
+				free(o);
+			}
+		}
+	}
+	cache_stage_free_all(c);
+	cache_db_close(c);
+	free(c->obj_tab);
+	free(c->blk_tab);
+	pthread_cond_destroy(&c->pool_cond);
+	pthread_cond_destroy(&c->cond);
+	pthread_mutex_destroy(&c->lock);
+	if (c->lockfd >= 0)
+		close(c->lockfd);
+	free(c->dir);
+	free(c->objdir);
+	free(c->stagedir);
+	free(c);
+}
+
+int cache_open(const cache_config *cfg, cache **out)
+{
+	cache *c;
+	char *lockpath = NULL;
+	int rc;
+
+	if (!cfg || !cfg->dir || !cfg->fetch || cfg->block_size % CACHE_FS_BLOCK)
+		return -EINVAL;
+	c = calloc(1, sizeof(*c));
+	if (!c)
+		return -ENOMEM;
+	c->cfg = *cfg;
+	c->lockfd = -1;
+	if (!c->cfg.size)
+		c->cfg.size = 1ULL << 30;
+	if (!c->cfg.block_size)
+		c->cfg.block_size = 1U << 20;
+	if (!c->cfg.prefetch_window)
+		c->cfg.prefetch_window = 8;
+	if (!c->cfg.prefetch_parallel)
+		c->cfg.prefetch_parallel = 4;
+	if (!c->cfg.prefetch_threads)
+		c->cfg.prefetch_threads = 4;
+	c->bs = c->cfg.block_size;
+	pthread_mutex_init(&c->lock, NULL);
+	pthread_cond_init(&c->cond, NULL);
+	pthread_cond_init(&c->pool_cond, NULL);
+	cache_list_init(&c->lru);
+	cache_list_init(&c->touched);
+	cache_list_init(&c->queue);
+	cache_list_init(&c->stages);
+	c->obj_nb = c->blk_nb = 64;
+	c->obj_tab = calloc(c->obj_nb, sizeof(*c->obj_tab));
+	c->blk_tab = calloc(c->blk_nb, sizeof(*c->blk_tab));
+	c->dir = strdup(cfg->dir);
+	if (!c->obj_tab || !c->blk_tab || !c->dir ||
+	    asprintf(&c->objdir, "%s/objects", cfg->dir) < 0 ||
+	    asprintf(&c->stagedir, "%s/staging", cfg->dir) < 0 ||
+	    asprintf(&lockpath, "%s/lock", cfg->dir) < 0) {
+		rc = -ENOMEM;
+		goto fail;
+	}
+	c->cfg.dir = c->dir;
+	rc = cache_mkdir(c->dir);
+	if (!rc)
+		rc = cache_mkdir(c->objdir);
+	if (!rc)
+		rc = cache_mkdir(c->stagedir);
+	if (rc)
+		goto fail;
+
+	c->lockfd = open(lockpath, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	if (c->lockfd < 0) {
+		rc = -errno;
+		goto fail;
+	}
+	if (flock(c->lockfd, LOCK_EX | LOCK_NB) < 0) {
+		rc = errno == EWOULDBLOCK ? -EBUSY : -errno;
+		goto fail;
+	}
+	rc = cache_probe_punch(c);
+	if (rc)
+		goto fail;
+	rc = cache_db_open(c);
+	if (rc)
+		goto fail;
+	pthread_mutex_lock(&c->lock);
+	rc = cache_db_load(c);
+	if (!rc)
+		rc = cache_stage_load(c);
+	if (!rc)
+		cache_evict_until(c, 0);
+	pthread_mutex_unlock(&c->lock);
+	if (rc)
+		goto fail;
+	rc = cache_pool_start(c);
+	if (rc)
+		goto fail;
+	free(lockpath);
+	*out = c;
+	return 0;
+fail:
+	free(lockpath);
+	cache_destroy(c);
+	return rc;
+}
+
+void cache_close(cache *c)
+{
+	if (!c)
+		return;
+	cache_pool_stop(c);
+	pthread_mutex_lock(&c->lock);
+	cache_db_save_touched(c);
+	pthread_mutex_unlock(&c->lock);
+	cache_destroy(c);
+}
