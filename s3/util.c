@@ -253,24 +253,60 @@ static int64_t days_from_civil(int64_t y, unsigned m, unsigned d)
 	return era * 146097 + (int64_t)doe - 719468;
 }
 
+/* Exactly n digits at s, as a number; -1 if they are not all digits. */
+static int fixed_digits(const char *s, int n)
+{
+	int v = 0;
+
+	for (int i = 0; i < n; i++) {
+		if (!isdigit((unsigned char)s[i]))
+			return -1;
+		v = v * 10 + (s[i] - '0');
+	}
+	return v;
+}
+
+static bool is_leap(int y)
+{
+	return (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+}
+
+/* Times S3 can hand out: from the epoch up to where int64 nanoseconds end
+ * (2262-04-11); anything else is malformed input, not a time. */
+#define MAX_YEAR 2261
+
 int64_t s3_parse_iso8601(const char *s)
 {
-	int y, mo, d, h, mi, sec, n = 0;
+	static const int mdays[12] = { 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31 };
+	int y, mo, d, h, mi, sec;
 	int64_t frac_ns = 0;
 
-	if (!s || sscanf(s, "%4d-%2d-%2dT%2d:%2d:%2d%n", &y, &mo, &d, &h, &mi, &sec, &n) != 6)
+	/* YYYY-MM-DDTHH:MM:SS[.fraction](Z|+00:00) */
+	if (!s || strlen(s) < 19 || s[4] != '-' || s[7] != '-' || s[10] != 'T' || s[13] != ':' ||
+	    s[16] != ':')
 		return -1;
-	if (mo < 1 || mo > 12 || d < 1 || d > 31 || h > 23 || mi > 59 || sec > 60)
+	y = fixed_digits(s, 4);
+	mo = fixed_digits(s + 5, 2);
+	d = fixed_digits(s + 8, 2);
+	h = fixed_digits(s + 11, 2);
+	mi = fixed_digits(s + 14, 2);
+	sec = fixed_digits(s + 17, 2);
+	if (y < 1970 || y > MAX_YEAR || mo < 1 || mo > 12 || d < 1 || h < 0 || h > 23 || mi < 0 ||
+	    mi > 59 || sec < 0 || sec > 60)
 		return -1;
-	s += n;
+	if (d > mdays[mo - 1] + (mo == 2 && is_leap(y)))
+		return -1;
+	s += 19;
 	if (*s == '.') {
 		int64_t scale = 100000000;
+		if (!isdigit((unsigned char)s[1]))
+			return -1;
 		for (s++; isdigit((unsigned char)*s); s++) {
 			frac_ns += (*s - '0') * scale;
 			scale /= 10;
 		}
 	}
-	if (*s != 'Z' && *s != '\0' && strcmp(s, "+00:00") != 0)
+	if (strcmp(s, "Z") != 0 && *s != '\0' && strcmp(s, "+00:00") != 0)
 		return -1;
 	int64_t days = days_from_civil(y, (unsigned)mo, (unsigned)d);
 	return ((days * 86400) + h * 3600 + mi * 60 + sec) * INT64_C(1000000000) + frac_ns;
@@ -283,7 +319,8 @@ int64_t s3_parse_http_date(const char *s)
 	if (!s)
 		return -1;
 	t = curl_getdate(s, NULL);
-	if (t == (time_t)-1)
+	/* Refuse what does not fit int64 nanoseconds (and pre-epoch times). */
+	if (t == (time_t)-1 || t < 0 || t > INT64_MAX / INT64_C(1000000000))
 		return -1;
 	return (int64_t)t * INT64_C(1000000000);
 }
