@@ -100,13 +100,14 @@ else
 fi
 
 # ----------------------------------------------------------------- 3. build-asan
+asan_ok=0
 if [ $deps_ok = 1 ]; then
   export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1:strict_string_checks=1}
   export UBSAN_OPTIONS=${UBSAN_OPTIONS:-halt_on_error=1:print_stacktrace=1}
   if step "build-asan: meson setup" setup_build build-asan -Dwerror=true \
         -Db_sanitize=address,undefined -Db_lundef=false &&
      step "build-asan: ninja" ninja -C build-asan; then
-    step "build-asan: unit tests" unit_tests build-asan
+    step "build-asan: unit tests" unit_tests build-asan && asan_ok=1
   fi
 else
   skip "build-asan" "deps failed"
@@ -115,6 +116,8 @@ fi
 # ----------------------------------------------------------------- 4. pytest
 if [ $ci_ok = 1 ]; then
   export BUCKETFS_BUILD=$ROOT/build-ci
+  # Tests that can use sanitized binaries (the s3 fault tests) take them here.
+  [ $asan_ok = 1 ] && export BUCKETFS_ASAN_BUILD=$ROOT/build-asan
   # shellcheck disable=SC2086
   step "pytest tests/" $PY -m pytest -x -v -p no:cacheprovider \
     --basetemp="$RUN_TMP/pytest" tests/ ${BUCKETFS_PYTEST_ARGS:-}
