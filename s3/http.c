@@ -24,11 +24,11 @@
 
 #include "internal.h"
 
-#define POOL_MAX           64
-#define MAX_COLLECT_BYTES  (64u << 20) /* a listing page is ~0.5 MiB; refuse more */
-#define MAX_ERROR_BYTES    (1u << 20)
-#define BACKOFF_BASE_MS    100
-#define BACKOFF_CAP_MS     10000
+#define POOL_MAX          64
+#define MAX_COLLECT_BYTES (64u << 20) /* a listing page is ~0.5 MiB; refuse more */
+#define MAX_ERROR_BYTES   (1u << 20)
+#define BACKOFF_BASE_MS   100
+#define BACKOFF_CAP_MS    10000
 
 static pthread_once_t global_once = PTHREAD_ONCE_INIT;
 
@@ -109,7 +109,8 @@ static int load_sse_c_key(s3_client *c, const char *file, char *errbuf, size_t e
 
 	fd = open(file, O_RDONLY | O_CLOEXEC);
 	if (fd < 0) {
-		snprintf(errbuf, errlen, "cannot open SSE-C key file %s: %s", file, strerror(errno));
+		snprintf(errbuf, errlen, "cannot open SSE-C key file %s: %s", file,
+		         strerror(errno));
 		return -1;
 	}
 	n = read(fd, raw, sizeof(raw) - 1);
@@ -132,7 +133,8 @@ static int load_sse_c_key(s3_client *c, const char *file, char *errbuf, size_t e
 	}
 	if (keylen != 32) {
 		snprintf(errbuf, errlen,
-		         "SSE-C key file %s must hold a 32-byte key (raw, or base64 on one line)", file);
+		         "SSE-C key file %s must hold a 32-byte key (raw, or base64 on one line)",
+		         file);
 		return -1;
 	}
 	EVP_EncodeBlock((unsigned char *)b64, key, 32);
@@ -192,11 +194,11 @@ s3_client *s3_client_new(const s3_config *cfg, char *errbuf, size_t errlen)
 	}
 
 	s3_cred_options co = {
-		.passwd_file = cfg->passwd_file,
-		.profile = cfg->profile,
-		.bucket = cfg->bucket,
-		.log = cfg->log,
-		.log_level = cfg->log_level,
+	        .passwd_file = cfg->passwd_file,
+	        .profile = cfg->profile,
+	        .bucket = cfg->bucket,
+	        .log = cfg->log,
+	        .log_level = cfg->log_level,
 	};
 	c->creds = s3_creds_new(&co, errbuf, errlen);
 	if (!c->creds)
@@ -222,8 +224,8 @@ s3_client *s3_client_new(const s3_config *cfg, char *errbuf, size_t errlen)
 		snprintf(ep, sizeof(ep), "https://%.500s", tmp);
 	}
 	if (parse_endpoint(c, ep)) {
-		snprintf(errbuf, errlen, "bad endpoint URL '%s' (want http[s]://host[:port][/path])",
-		         ep);
+		snprintf(errbuf, errlen,
+		         "bad endpoint URL '%s' (want http[s]://host[:port][/path])", ep);
 		goto fail;
 	}
 	/* A dotted bucket name does not match the wildcard certificate of a
@@ -232,10 +234,11 @@ s3_client *s3_client_new(const s3_config *cfg, char *errbuf, size_t errlen)
 		s3_log(c, S3_LOG_INFO, "bucket name contains '.', using path-style requests");
 		c->path_style = true;
 	}
-	s3_log(c, S3_LOG_INFO, "s3: endpoint %s://%s:%d bucket %s region %s (%s), credentials from %s",
-	       c->scheme, c->host, c->port ? c->port : (strcmp(c->scheme, "https") ? 80 : 443),
-	       c->bucket, c->region,
-	       c->path_style ? "path-style" : "virtual-hosted", s3_creds_source(c->creds));
+	s3_log(c, S3_LOG_INFO,
+	       "s3: endpoint %s://%s:%d bucket %s region %s (%s), credentials from %s", c->scheme,
+	       c->host, c->port ? c->port : (strcmp(c->scheme, "https") ? 80 : 443), c->bucket,
+	       c->region, c->path_style ? "path-style" : "virtual-hosted",
+	       s3_creds_source(c->creds));
 	return c;
 fail:
 	s3_client_free(c);
@@ -289,7 +292,7 @@ void s3_client_stats(const s3_client *c, s3_stats *out)
 const char *s3_req_type_name(enum s3_req_type t)
 {
 	static const char *const names[S3_REQ__COUNT] = {
-		"LIST", "HEAD", "GET", "PUT", "COPY", "DELETE", "MULTIPART", "OTHER",
+	        "LIST", "HEAD", "GET", "PUT", "COPY", "DELETE", "MULTIPART", "OTHER",
 	};
 	return (unsigned)t < S3_REQ__COUNT ? names[t] : "?";
 }
@@ -372,9 +375,15 @@ void s3_http_resp_clear(s3_http_resp *rs)
 bool s3_http_code_is_transient(const char *code)
 {
 	static const char *const transient[] = {
-		"SlowDown",      "InternalError",        "RequestTimeout", "ServiceUnavailable",
-		"Throttling",    "ThrottlingException",  "RequestTimeTooSkewed",
-		"OperationAborted", "RequestThrottled",
+	        "SlowDown",
+	        "InternalError",
+	        "RequestTimeout",
+	        "ServiceUnavailable",
+	        "Throttling",
+	        "ThrottlingException",
+	        "RequestTimeTooSkewed",
+	        "OperationAborted",
+	        "RequestThrottled",
 	};
 	for (size_t i = 0; i < sizeof(transient) / sizeof(transient[0]); i++)
 		if (strcmp(code, transient[i]) == 0)
@@ -564,7 +573,8 @@ static int payload_hash(const s3_http_req *rq, char out[65])
 	}
 	EVP_DigestInit_ex(ctx, EVP_sha256(), NULL);
 	while (done < rq->body_len) {
-		size_t want = rq->body_len - done > (1 << 20) ? (1 << 20) : (size_t)(rq->body_len - done);
+		size_t want =
+		        rq->body_len - done > (1 << 20) ? (1 << 20) : (size_t)(rq->body_len - done);
 		ssize_t n = pread(rq->body_fd, buf, want, (off_t)(rq->body_fd_off + done));
 		if (n < 0 && errno == EINTR)
 			continue;
@@ -640,8 +650,8 @@ static bool curl_code_is_transient(CURLcode cc)
 }
 
 /* Builds "scheme://host[:port]" + path + "?" + query and the Host value. */
-static int build_target(const s3_client *c, const s3_http_req *rq, char **path_out,
-                        char *host, size_t hostlen)
+static int build_target(const s3_client *c, const s3_http_req *rq, char **path_out, char *host,
+                        size_t hostlen)
 {
 	size_t klen = rq->key ? strlen(rq->key) : 0;
 	size_t len = strlen(c->base_path) + strlen(c->bucket) + klen + 4;
@@ -674,7 +684,8 @@ static void fill_error_from_response(s3_client *c, const s3_http_req *rq, s3_htt
 	if (rs->body && rs->body_len && s3_xml_parse_error(rs->body, rs->body_len, err) == 0)
 		; /* code, message, request id from the document */
 	else if (rs->status == 404 && !err->code[0])
-		snprintf(err->code, sizeof(err->code), "%s", rq->key ? "NoSuchKey" : "NoSuchBucket");
+		snprintf(err->code, sizeof(err->code), "%s",
+		         rq->key ? "NoSuchKey" : "NoSuchBucket");
 	if (!err->request_id[0])
 		snprintf(err->request_id, sizeof(err->request_id), "%s", rs->request_id);
 	if (!err->message[0]) {
@@ -703,11 +714,11 @@ static struct curl_slist *add_hdr(struct curl_slist *l, const char *name, const 
 	return n;
 }
 
-static int perform_once(s3_client *c, CURL *h, s3_http_req *rq, s3_http_resp *rs,
-                        struct attempt *a, const char *phash, s3_error *err, CURLcode *ccout)
+static int perform_once(s3_client *c, CURL *h, s3_http_req *rq, s3_http_resp *rs, struct attempt *a,
+                        const char *phash, s3_error *err, CURLcode *ccout)
 {
-	s3_credentials cr = { 0 };
-	s3_sigv4_output so = { 0 };
+	s3_credentials cr = {0};
+	s3_sigv4_output so = {0};
 	s3_kv hdrs[S3_HTTP_MAX_HEADERS + 8];
 	size_t nh = 0;
 	char host[600], date[17], range[64], *path = NULL, *url = NULL, errbuf[CURL_ERROR_SIZE];
@@ -731,48 +742,48 @@ static int perform_once(s3_client *c, CURL *h, s3_http_req *rq, s3_http_resp *rs
 			         rq->range_off + rq->range_len - 1);
 		else
 			snprintf(range, sizeof(range), "bytes=%" PRIu64 "-", start);
-		hdrs[nh++] = (s3_kv){ "range", range };
+		hdrs[nh++] = (s3_kv){"range", range};
 	}
 	if (rq->if_match)
-		hdrs[nh++] = (s3_kv){ "if-match", rq->if_match };
+		hdrs[nh++] = (s3_kv){"if-match", rq->if_match};
 	if (rq->sse_c && c->sse_c_key_b64) {
-		hdrs[nh++] = (s3_kv){ "x-amz-server-side-encryption-customer-algorithm", "AES256" };
-		hdrs[nh++] = (s3_kv){ "x-amz-server-side-encryption-customer-key", c->sse_c_key_b64 };
-		hdrs[nh++] = (s3_kv){ "x-amz-server-side-encryption-customer-key-md5",
-			              c->sse_c_key_md5_b64 };
+		hdrs[nh++] = (s3_kv){"x-amz-server-side-encryption-customer-algorithm", "AES256"};
+		hdrs[nh++] = (s3_kv){"x-amz-server-side-encryption-customer-key", c->sse_c_key_b64};
+		hdrs[nh++] = (s3_kv){"x-amz-server-side-encryption-customer-key-md5",
+		                     c->sse_c_key_md5_b64};
 	}
 	if (rq->sse_c_copy_source && c->sse_c_key_b64) {
-		hdrs[nh++] = (s3_kv){ "x-amz-copy-source-server-side-encryption-customer-algorithm",
-			              "AES256" };
-		hdrs[nh++] = (s3_kv){ "x-amz-copy-source-server-side-encryption-customer-key",
-			              c->sse_c_key_b64 };
-		hdrs[nh++] = (s3_kv){ "x-amz-copy-source-server-side-encryption-customer-key-md5",
-			              c->sse_c_key_md5_b64 };
+		hdrs[nh++] = (s3_kv){"x-amz-copy-source-server-side-encryption-customer-algorithm",
+		                     "AES256"};
+		hdrs[nh++] = (s3_kv){"x-amz-copy-source-server-side-encryption-customer-key",
+		                     c->sse_c_key_b64};
+		hdrs[nh++] = (s3_kv){"x-amz-copy-source-server-side-encryption-customer-key-md5",
+		                     c->sse_c_key_md5_b64};
 	}
 
 	amz_now(date);
 	s3_sigv4_input si = {
-		.method = rq->method,
-		.host = host,
-		.path = path,
-		.query = rq->query,
-		.n_query = rq->n_query,
-		.headers = hdrs,
-		.n_headers = nh,
-		.payload_hash = phash,
-		.amz_date = date,
-		.region = c->region,
-		.service = "s3",
-		.access_key = cr.access_key,
-		.secret_key = cr.secret_key,
-		.session_token = cr.session_token,
+	        .method = rq->method,
+	        .host = host,
+	        .path = path,
+	        .query = rq->query,
+	        .n_query = rq->n_query,
+	        .headers = hdrs,
+	        .n_headers = nh,
+	        .payload_hash = phash,
+	        .amz_date = date,
+	        .region = c->region,
+	        .service = "s3",
+	        .access_key = cr.access_key,
+	        .secret_key = cr.secret_key,
+	        .session_token = cr.session_token,
 	};
 	r = s3_sigv4_sign(&si, &so);
 	if (r)
 		goto out;
 
-	size_t ulen = strlen(c->scheme) + strlen(host) + strlen(so.url_path) +
-	              strlen(so.url_query) + 8;
+	size_t ulen =
+	        strlen(c->scheme) + strlen(host) + strlen(so.url_path) + strlen(so.url_query) + 8;
 	url = malloc(ulen);
 	if (!url) {
 		r = -ENOMEM;
@@ -873,8 +884,8 @@ static int perform_once(s3_client *c, CURL *h, s3_http_req *rq, s3_http_resp *rs
 			err->sys_errno = a->read_errno;
 		else if (a->sink_error)
 			err->sys_errno = -a->sink_error;
-		snprintf(err->message, sizeof(err->message), "%s", errbuf[0] ? errbuf :
-		         curl_easy_strerror(*ccout));
+		snprintf(err->message, sizeof(err->message), "%s",
+		         errbuf[0] ? errbuf : curl_easy_strerror(*ccout));
 		if (a->overflow)
 			snprintf(err->message, sizeof(err->message), "response body too large");
 		r = -s3_error_errno(err);
@@ -916,7 +927,7 @@ int s3_http_perform(s3_client *c, s3_http_req *rq, s3_http_resp *rs, s3_error *e
 		return r;
 	}
 	for (attempt = 0;; attempt++) {
-		struct attempt a = { .c = c, .rq = rq, .rs = rs };
+		struct attempt a = {.c = c, .rq = rq, .rs = rs};
 		CURLcode cc = CURLE_OK;
 		bool transient;
 
@@ -957,10 +968,10 @@ int s3_http_perform(s3_client *c, s3_http_req *rq, s3_http_resp *rs, s3_error *e
 			break;
 		char desc[400];
 		s3_error_format(err, desc, sizeof(desc));
-		s3_log(c, S3_LOG_WARNING, "s3: %s %s failed (%s), retry %d/%d in %ld ms", rq->method,
-		       rq->key ? rq->key : "/", desc, attempt + 1, c->retries, ms);
+		s3_log(c, S3_LOG_WARNING, "s3: %s %s failed (%s), retry %d/%d in %ld ms",
+		       rq->method, rq->key ? rq->key : "/", desc, attempt + 1, c->retries, ms);
 		__atomic_fetch_add(&c->stats_retries, 1, __ATOMIC_RELAXED);
-		struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
+		struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
 		nanosleep(&ts, NULL);
 	}
 	rq->if_match = orig_if_match;

@@ -30,10 +30,10 @@ char *s3_uri_encode(const char *s, bool keep_slash);
 char *s3_uri_decode(const char *s);
 
 typedef struct s3_sigv4_input {
-	const char *method;   /* "GET" */
-	const char *host;     /* Host header value, ":port" included if not default */
-	const char *path;     /* decoded path, "/bucket/my key.txt" or "/my key.txt" */
-	const s3_kv *query;   /* decoded query parameters; value NULL or "" = empty */
+	const char *method; /* "GET" */
+	const char *host;   /* Host header value, ":port" included if not default */
+	const char *path;   /* decoded path, "/bucket/my key.txt" or "/my key.txt" */
+	const s3_kv *query; /* decoded query parameters; value NULL or "" = empty */
 	size_t n_query;
 	const s3_kv *headers; /* further headers to sign, any case/order */
 	size_t n_headers;
@@ -174,9 +174,9 @@ int64_t s3_parse_http_date(const char *s);
 struct s3_client {
 	/* Immutable after s3_client_new(). */
 	char *bucket;
-	char *scheme; /* "http" or "https" */
-	char *host;   /* endpoint host, no port */
-	int port;     /* 0: the scheme's default */
+	char *scheme;    /* "http" or "https" */
+	char *host;      /* endpoint host, no port */
+	int port;        /* 0: the scheme's default */
 	char *base_path; /* endpoint path prefix, "" or "/something" */
 	bool path_style;
 	char *region;
@@ -211,7 +211,7 @@ typedef struct s3_http_req {
 	size_t n_query;
 	s3_kv headers[S3_HTTP_MAX_HEADERS]; /* signed and sent */
 	size_t n_headers;
-	bool sse_c; /* send the SSE-C customer key headers */
+	bool sse_c;             /* send the SSE-C customer key headers */
 	bool sse_c_copy_source; /* ... and the copy-source ones */
 
 	/* Request body: a buffer, or `body_len` bytes of body_fd from
@@ -234,12 +234,11 @@ typedef struct s3_http_resp {
 	long status;
 	char *body; /* NUL-terminated, collected bodies only */
 	size_t body_len;
-	s3_head head;            /* ETag, Last-Modified, type, x-amz-meta-*, size */
+	s3_head head; /* ETag, Last-Modified, type, x-amz-meta-*, size */
 	char request_id[128];
 } s3_http_resp;
 
-void s3_http_req_init(s3_http_req *rq, enum s3_req_type type, const char *method,
-                      const char *key);
+void s3_http_req_init(s3_http_req *rq, enum s3_req_type type, const char *method, const char *key);
 /* Adds a query parameter / header; the strings are borrowed. -E2BIG when full. */
 int s3_http_add_query(s3_http_req *rq, const char *name, const char *value) S3_WARN_UNUSED;
 int s3_http_add_header(s3_http_req *rq, const char *name, const char *value) S3_WARN_UNUSED;
@@ -247,14 +246,13 @@ int s3_http_add_header(s3_http_req *rq, const char *name, const char *value) S3_
 /* Signs and sends the request, retrying as s3.h describes.  Returns 0 for a
  * 2xx response, else a negative errno with err filled (S3 error XML parsed).
  * rs is filled in both cases and must be cleared by the caller. */
-int s3_http_perform(s3_client *c, s3_http_req *rq, s3_http_resp *rs,
-                    s3_error *err) S3_WARN_UNUSED;
+int s3_http_perform(s3_client *c, s3_http_req *rq, s3_http_resp *rs, s3_error *err) S3_WARN_UNUSED;
 void s3_http_resp_clear(s3_http_resp *rs);
 
 /* Whether an S3 error code is transient (SlowDown, InternalError, ...). */
 bool s3_http_code_is_transient(const char *code);
 
 void s3_log(const s3_client *c, int level, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
+        __attribute__((format(printf, 3, 4)));
 
 #endif

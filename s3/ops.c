@@ -38,7 +38,8 @@ static int add_put_headers(s3_client *c, s3_http_req *rq, const s3_put_opts *o,
 		if (o->meta->n > MAX_META_HEADERS)
 			return -E2BIG;
 		for (size_t i = 0; i < o->meta->n; i++) {
-			if (asprintf(&mh->names[mh->n], "x-amz-meta-%s", o->meta->items[i].name) < 0)
+			if (asprintf(&mh->names[mh->n], "x-amz-meta-%s", o->meta->items[i].name) <
+			    0)
 				return -ENOMEM;
 			r = s3_http_add_header(rq, mh->names[mh->n], o->meta->items[i].value);
 			mh->n++;
@@ -137,8 +138,8 @@ int s3_head_object(s3_client *c, const char *key, s3_head *out, s3_error *err)
 	return r;
 }
 
-int s3_get_object(s3_client *c, const char *key, const s3_get_params *p, s3_sink_fn sink,
-                  void *ctx, s3_head *head, s3_error *err)
+int s3_get_object(s3_client *c, const char *key, const s3_get_params *p, s3_sink_fn sink, void *ctx,
+                  s3_head *head, s3_error *err)
 {
 	s3_http_req rq;
 	s3_http_resp rs;
@@ -186,7 +187,7 @@ static int buf_sink_write(void *ctx, uint64_t offset, const void *data, size_t l
 int s3_get_object_buf(s3_client *c, const char *key, const s3_get_params *p, void *buf,
                       size_t buflen, size_t *got, s3_head *head, s3_error *err)
 {
-	struct buf_sink b = { .buf = buf, .len = buflen, .base = p ? p->offset : 0 };
+	struct buf_sink b = {.buf = buf, .len = buflen, .base = p ? p->offset : 0};
 	int r = s3_get_object(c, key, p, buf_sink_write, &b, head, err);
 
 	if (got)
@@ -226,7 +227,7 @@ static int fd_sink_write(void *ctx, uint64_t offset, const void *data, size_t le
 int s3_get_object_fd(s3_client *c, const char *key, const s3_get_params *p, int fd,
                      uint64_t fd_offset, uint64_t *got, s3_head *head, s3_error *err)
 {
-	struct fd_sink f = { .fd = fd, .fd_base = fd_offset, .obj_base = p ? p->offset : 0 };
+	struct fd_sink f = {.fd = fd, .fd_base = fd_offset, .obj_base = p ? p->offset : 0};
 	int r = s3_get_object(c, key, p, fd_sink_write, &f, head, err);
 
 	if (got)
@@ -235,10 +236,9 @@ int s3_get_object_fd(s3_client *c, const char *key, const s3_get_params *p, int 
 }
 
 static int put_common(s3_client *c, const char *key, const void *buf, int fd, uint64_t offset,
-                      uint64_t len, const s3_put_opts *o, char etag_out[S3_ETAG_MAX],
-                      s3_error *err)
+                      uint64_t len, const s3_put_opts *o, char etag_out[S3_ETAG_MAX], s3_error *err)
 {
-	struct meta_headers mh = { 0 };
+	struct meta_headers mh = {0};
 	s3_http_req rq;
 	s3_http_resp rs;
 	int r;
@@ -312,17 +312,17 @@ static int perform_copy(s3_client *c, s3_http_req *rq, char etag_out[S3_ETAG_MAX
 		    attempt >= c->retries)
 			break;
 		__atomic_fetch_add(&c->stats_retries, 1, __ATOMIC_RELAXED);
-		struct timespec ts = { 0, 200000000L * (attempt + 1) };
+		struct timespec ts = {0, 200000000L * (attempt + 1)};
 		nanosleep(&ts, NULL);
 	}
 	return r;
 }
 
 int s3_copy_object(s3_client *c, const char *src_key, const char *dst_key,
-                   enum s3_metadata_directive d, const s3_put_opts *o,
-                   char etag_out[S3_ETAG_MAX], s3_error *err)
+                   enum s3_metadata_directive d, const s3_put_opts *o, char etag_out[S3_ETAG_MAX],
+                   s3_error *err)
 {
-	struct meta_headers mh = { 0 };
+	struct meta_headers mh = {0};
 	s3_http_req rq;
 	char *src = copy_source(c, src_key);
 	int r;
@@ -339,8 +339,9 @@ int s3_copy_object(s3_client *c, const char *src_key, const char *dst_key,
 	if (!r && d == S3_META_REPLACE)
 		r = add_put_headers(c, &rq, o, &mh, true);
 	else if (!r && c->sse != S3_SSE_NONE)
-		r = add_put_headers(c, &rq, &(s3_put_opts){ .content_type = o ? o->content_type : NULL },
-		                    &mh, true);
+		r = add_put_headers(c, &rq,
+		                    &(s3_put_opts){.content_type = o ? o->content_type : NULL}, &mh,
+		                    true);
 	rq.sse_c_copy_source = c->sse == S3_SSE_C;
 	if (r)
 		set_local_error(err, -r, "too much user metadata");
@@ -417,7 +418,7 @@ int s3_delete_objects(s3_client *c, const char *const *keys, size_t n, s3_error 
 int s3_mpu_create(s3_client *c, const char *key, const s3_put_opts *o, char **upload_id_out,
                   s3_error *err)
 {
-	struct meta_headers mh = { 0 };
+	struct meta_headers mh = {0};
 	s3_http_req rq;
 	s3_http_resp rs;
 	int r;
@@ -476,9 +477,9 @@ int s3_mpu_upload_part(s3_client *c, const char *key, const char *upload_id, int
 	return r;
 }
 
-int s3_mpu_upload_part_copy(s3_client *c, const char *key, const char *upload_id,
-                            int part_number, const char *src_key, uint64_t src_offset,
-                            uint64_t len, char etag_out[S3_ETAG_MAX], s3_error *err)
+int s3_mpu_upload_part_copy(s3_client *c, const char *key, const char *upload_id, int part_number,
+                            const char *src_key, uint64_t src_offset, uint64_t len,
+                            char etag_out[S3_ETAG_MAX], s3_error *err)
 {
 	s3_http_req rq;
 	char pn[16], range[64], *src = copy_source(c, src_key);
@@ -486,7 +487,8 @@ int s3_mpu_upload_part_copy(s3_client *c, const char *key, const char *upload_id
 
 	if (!src || !len) {
 		free(src);
-		set_local_error(err, src ? EINVAL : ENOMEM, src ? "empty copy range" : "out of memory");
+		set_local_error(err, src ? EINVAL : ENOMEM,
+		                src ? "empty copy range" : "out of memory");
 		return src ? -EINVAL : -ENOMEM;
 	}
 	snprintf(pn, sizeof(pn), "%d", part_number);
@@ -570,8 +572,8 @@ int s3_mpu_list_uploads(s3_client *c, const char *prefix, s3_mpu_list *out, s3_e
 			break;
 		r = s3_http_perform(c, &rq, &rs, err);
 		if (!r) {
-			r = s3_xml_parse_mpu_list(rs.body ? rs.body : "", rs.body_len, out, &truncated,
-			                          &nk, &ni);
+			r = s3_xml_parse_mpu_list(rs.body ? rs.body : "", rs.body_len, out,
+			                          &truncated, &nk, &ni);
 			if (r)
 				set_local_error(err, -r, "malformed ListMultipartUploads response");
 		}
@@ -603,8 +605,8 @@ struct mpu_job {
 	s3_part *parts;
 	int n_parts;
 	pthread_mutex_t lock;
-	int next;    /* next part index to take */
-	int failed;  /* first -errno */
+	int next;   /* next part index to take */
+	int failed; /* first -errno */
 	s3_error err;
 };
 
@@ -641,7 +643,7 @@ static void *mpu_worker(void *arg)
 int s3_upload_fd(s3_client *c, const char *key, int fd, uint64_t len, uint64_t part_size,
                  int parallel, const s3_put_opts *o, char etag_out[S3_ETAG_MAX], s3_error *err)
 {
-	struct mpu_job j = { 0 };
+	struct mpu_job j = {0};
 	char *upload_id = NULL;
 	pthread_t th[64];
 	int nth = 0, r;
@@ -694,7 +696,7 @@ int s3_upload_fd(s3_client *c, const char *key, int fd, uint64_t len, uint64_t p
 	if (r)
 		goto abort;
 	goto out;
-abort: {
+abort : {
 	s3_error ae;
 	if (s3_mpu_abort(c, key, upload_id, &ae))
 		s3_log(c, S3_LOG_WARNING, "s3: could not abort multipart upload of %s", key);

@@ -103,9 +103,9 @@ typedef struct s3_config {
 	/* "https://s3.amazonaws.com", "http://127.0.0.1:9000", ...  NULL: AWS
 	 * for the region (https://s3.REGION.amazonaws.com). */
 	const char *endpoint;
-	const char *region; /* NULL: from the credential chain, else us-east-1 */
-	const char *bucket; /* required */
-	bool path_style;    /* true: http://host/bucket/key; false: bucket.host */
+	const char *region;    /* NULL: from the credential chain, else us-east-1 */
+	const char *bucket;    /* required */
+	bool path_style;       /* true: http://host/bucket/key; false: bucket.host */
 	const char *ca_bundle; /* NULL: the system's; TLS is always verified */
 
 	long connect_timeout_s;   /* default 10 */
@@ -228,8 +228,8 @@ typedef struct s3_get_params {
 /* Streams the object (or a range of it) into `sink`; never buffers the whole
  * body.  `head` (optional) receives the object's headers; its size is the
  * whole object's size even for a range. */
-int s3_get_object(s3_client *c, const char *key, const s3_get_params *p, s3_sink_fn sink,
-                  void *ctx, s3_head *head, s3_error *err) S3_WARN_UNUSED;
+int s3_get_object(s3_client *c, const char *key, const s3_get_params *p, s3_sink_fn sink, void *ctx,
+                  s3_head *head, s3_error *err) S3_WARN_UNUSED;
 
 /* Convenience sinks: into a buffer (bytes at buf[offset - p->offset]) and
  * into a file descriptor (pwrite at fd_offset + offset - p->offset). */
@@ -259,8 +259,8 @@ enum s3_metadata_directive { S3_META_COPY = 0, S3_META_REPLACE };
  * object onto itself must use REPLACE).  A 200 response that carries an
  * <Error> body is an error. */
 int s3_copy_object(s3_client *c, const char *src_key, const char *dst_key,
-                   enum s3_metadata_directive d, const s3_put_opts *o,
-                   char etag_out[S3_ETAG_MAX], s3_error *err) S3_WARN_UNUSED;
+                   enum s3_metadata_directive d, const s3_put_opts *o, char etag_out[S3_ETAG_MAX],
+                   s3_error *err) S3_WARN_UNUSED;
 
 /* Deleting a key that does not exist succeeds (as S3 does). */
 int s3_delete_object(s3_client *c, const char *key, s3_error *err) S3_WARN_UNUSED;
@@ -284,10 +284,9 @@ int s3_mpu_upload_part(s3_client *c, const char *key, const char *upload_id, int
                        int fd, uint64_t offset, uint64_t len, char etag_out[S3_ETAG_MAX],
                        s3_error *err) S3_WARN_UNUSED;
 /* Copies [src_offset, src_offset + len) of src_key into the part. */
-int s3_mpu_upload_part_copy(s3_client *c, const char *key, const char *upload_id,
-                            int part_number, const char *src_key, uint64_t src_offset,
-                            uint64_t len, char etag_out[S3_ETAG_MAX],
-                            s3_error *err) S3_WARN_UNUSED;
+int s3_mpu_upload_part_copy(s3_client *c, const char *key, const char *upload_id, int part_number,
+                            const char *src_key, uint64_t src_offset, uint64_t len,
+                            char etag_out[S3_ETAG_MAX], s3_error *err) S3_WARN_UNUSED;
 int s3_mpu_complete(s3_client *c, const char *key, const char *upload_id, const s3_part *parts,
                     size_t n, char etag_out[S3_ETAG_MAX], s3_error *err) S3_WARN_UNUSED;
 int s3_mpu_abort(s3_client *c, const char *key, const char *upload_id,

@@ -22,35 +22,35 @@ static int errno_from_code(const char *code)
 		const char *code;
 		int err;
 	} map[] = {
-		{ "NoSuchKey", ENOENT },
-		{ "NoSuchBucket", ENOENT },
-		{ "NoSuchUpload", ENOENT },
-		{ "NotFound", ENOENT },
-		{ "AccessDenied", EACCES },
-		{ "AllAccessDisabled", EACCES },
-		{ "AccountProblem", EACCES },
-		{ "InvalidAccessKeyId", EPERM },
-		{ "SignatureDoesNotMatch", EPERM },
-		{ "ExpiredToken", EPERM },
-		{ "InvalidToken", EPERM },
-		{ "TokenRefreshRequired", EPERM },
-		{ "InvalidRange", EINVAL },
-		{ "InvalidArgument", EINVAL },
-		{ "InvalidRequest", EINVAL },
-		{ "KeyTooLongError", ENAMETOOLONG },
-		{ "PreconditionFailed", ESTALE },
-		{ "EntityTooLarge", EFBIG },
-		{ "EntityTooSmall", EINVAL },
-		{ "InvalidPart", EIO },
-		{ "InvalidPartOrder", EIO },
-		{ "BucketAlreadyOwnedByYou", EEXIST },
-		{ "BucketAlreadyExists", EEXIST },
-		{ "RequestTimeout", ETIMEDOUT },
-		{ "SlowDown", EAGAIN },
-		{ "ServiceUnavailable", EAGAIN },
-		{ "QuotaExceeded", EDQUOT },
-		{ "NotImplemented", ENOTSUP },
-		{ "MethodNotAllowed", ENOTSUP },
+	        {"NoSuchKey", ENOENT},
+	        {"NoSuchBucket", ENOENT},
+	        {"NoSuchUpload", ENOENT},
+	        {"NotFound", ENOENT},
+	        {"AccessDenied", EACCES},
+	        {"AllAccessDisabled", EACCES},
+	        {"AccountProblem", EACCES},
+	        {"InvalidAccessKeyId", EPERM},
+	        {"SignatureDoesNotMatch", EPERM},
+	        {"ExpiredToken", EPERM},
+	        {"InvalidToken", EPERM},
+	        {"TokenRefreshRequired", EPERM},
+	        {"InvalidRange", EINVAL},
+	        {"InvalidArgument", EINVAL},
+	        {"InvalidRequest", EINVAL},
+	        {"KeyTooLongError", ENAMETOOLONG},
+	        {"PreconditionFailed", ESTALE},
+	        {"EntityTooLarge", EFBIG},
+	        {"EntityTooSmall", EINVAL},
+	        {"InvalidPart", EIO},
+	        {"InvalidPartOrder", EIO},
+	        {"BucketAlreadyOwnedByYou", EEXIST},
+	        {"BucketAlreadyExists", EEXIST},
+	        {"RequestTimeout", ETIMEDOUT},
+	        {"SlowDown", EAGAIN},
+	        {"ServiceUnavailable", EAGAIN},
+	        {"QuotaExceeded", EDQUOT},
+	        {"NotImplemented", ENOTSUP},
+	        {"MethodNotAllowed", ENOTSUP},
 	};
 	for (size_t i = 0; i < sizeof(map) / sizeof(map[0]); i++)
 		if (strcmp(code, map[i].code) == 0)
@@ -277,7 +277,7 @@ static bool is_leap(int y)
 
 int64_t s3_parse_iso8601(const char *s)
 {
-	static const int mdays[12] = { 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31 };
+	static const int mdays[12] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
 	int y, mo, d, h, mi, sec;
 	int64_t frac_ns = 0;
 
@@ -372,7 +372,8 @@ char *s3_uri_decode(const char *s)
 		return NULL;
 	for (const char *p = s; *p; p++) {
 		if (*p == '%') {
-			int hi = hexval((unsigned char)p[1]), lo = hi < 0 ? -1 : hexval((unsigned char)p[2]);
+			int hi = hexval((unsigned char)p[1]),
+			    lo = hi < 0 ? -1 : hexval((unsigned char)p[2]);
 			if (hi < 0 || lo < 0 || (hi == 0 && lo == 0)) {
 				free(out);
 				return NULL;

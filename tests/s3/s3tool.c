@@ -34,7 +34,7 @@ static int verbose;
 
 static void log_stderr(int level, const char *fmt, va_list ap)
 {
-	static const char *const names[] = { "error", "warning", "info", "debug" };
+	static const char *const names[] = {"error", "warning", "info", "debug"};
 
 	fprintf(stderr, "s3tool: %s: ", names[level & 3]);
 	vfprintf(stderr, fmt, ap);
@@ -115,7 +115,7 @@ static void print_stats(const s3_client *c)
 
 static int cmd_ls(s3_client *c, int argc, char **argv)
 {
-	s3_list_params p = { 0 };
+	s3_list_params p = {0};
 	s3_error err;
 	char *token = NULL;
 	int r = 0;
@@ -141,8 +141,8 @@ static int cmd_ls(s3_client *c, int argc, char **argv)
 			printf("PRE\t%s\n", page.prefixes[i]);
 		for (size_t i = 0; i < page.n_objects; i++) {
 			s3_object *o = &page.objects[i];
-			printf("OBJ\t%s\t%" PRIu64 "\t%s\t%" PRId64 "%s%s\n", o->key, o->size, o->etag,
-			       o->last_modified_ns / 1000000000, o->owner_id ? "\t" : "",
+			printf("OBJ\t%s\t%" PRIu64 "\t%s\t%" PRId64 "%s%s\n", o->key, o->size,
+			       o->etag, o->last_modified_ns / 1000000000, o->owner_id ? "\t" : "",
 			       o->owner_id ? o->owner_id : "");
 		}
 		free(token);
@@ -164,8 +164,9 @@ static int cmd_head(s3_client *c, int argc, char **argv)
 	r = s3_head_object(c, argv[0], &h, &err);
 	if (r)
 		return fail("head", r, &err);
-	printf("size\t%" PRIu64 "\netag\t%s\nlast-modified\t%" PRId64 "\ncontent-type\t%s\n", h.size,
-	       h.etag, h.last_modified_ns / 1000000000, h.content_type ? h.content_type : "");
+	printf("size\t%" PRIu64 "\netag\t%s\nlast-modified\t%" PRId64 "\ncontent-type\t%s\n",
+	       h.size, h.etag, h.last_modified_ns / 1000000000,
+	       h.content_type ? h.content_type : "");
 	for (size_t i = 0; i < h.meta.n; i++)
 		printf("meta\t%s\t%s\n", h.meta.items[i].name, h.meta.items[i].value);
 	s3_head_clear(&h);
@@ -174,8 +175,8 @@ static int cmd_head(s3_client *c, int argc, char **argv)
 
 static int cmd_get(s3_client *c, int argc, char **argv)
 {
-	s3_get_params p = { 0 };
-	struct out_sink o = { 0 };
+	s3_get_params p = {0};
+	struct out_sink o = {0};
 	s3_error err;
 	int r;
 
@@ -194,8 +195,8 @@ static int cmd_get(s3_client *c, int argc, char **argv)
 
 static int cmd_put(s3_client *c, int argc, char **argv, bool multipart)
 {
-	s3_meta meta = { 0 };
-	s3_put_opts o = { .meta = &meta };
+	s3_meta meta = {0};
+	s3_put_opts o = {.meta = &meta};
 	uint64_t size, part_size = 8u << 20;
 	int parallel = 4, fd, r;
 	char etag[S3_ETAG_MAX];
@@ -237,8 +238,8 @@ static int cmd_put(s3_client *c, int argc, char **argv, bool multipart)
 
 static int cmd_copy(s3_client *c, int argc, char **argv)
 {
-	s3_meta meta = { 0 };
-	s3_put_opts o = { .meta = &meta };
+	s3_meta meta = {0};
+	s3_put_opts o = {.meta = &meta};
 	enum s3_metadata_directive d = S3_META_COPY;
 	char etag[S3_ETAG_MAX];
 	s3_error err;
@@ -335,11 +336,11 @@ static int cmd_abort(s3_client *c, int argc, char **argv)
 int main(int argc, char **argv)
 {
 	s3_config cfg = {
-		.endpoint = getenv("S3_ENDPOINT"),
-		.bucket = getenv("S3_BUCKET"),
-		.retries = -1,
-		.log = log_stderr,
-		.log_level = S3_LOG_WARNING,
+	        .endpoint = getenv("S3_ENDPOINT"),
+	        .bucket = getenv("S3_BUCKET"),
+	        .retries = -1,
+	        .log = log_stderr,
+	        .log_level = S3_LOG_WARNING,
 	};
 	bool stats = false;
 	char errbuf[1024];
@@ -375,12 +376,14 @@ int main(int argc, char **argv)
 		} else if (v && strcmp(a, "--profile") == 0) {
 			cfg.profile = v, i++;
 		} else {
-			fprintf(stderr, "s3tool: unknown option %s (see the comment atop s3tool.c)\n", a);
+			fprintf(stderr,
+			        "s3tool: unknown option %s (see the comment atop s3tool.c)\n", a);
 			return EINVAL;
 		}
 	}
 	if (i >= argc) {
-		fprintf(stderr, "usage: s3tool [options] ls|head|get|put|upload|copy|rm|rm-stdin|uploads|abort ...\n");
+		fprintf(stderr, "usage: s3tool [options] "
+		                "ls|head|get|put|upload|copy|rm|rm-stdin|uploads|abort ...\n");
 		return EINVAL;
 	}
 	s3_client *c = s3_client_new(&cfg, errbuf, sizeof(errbuf));

@@ -29,7 +29,7 @@ static char pfx[64]; /* every key of this run starts with it */
 #define CHECK(cond, ...)                                                                           \
 	do {                                                                                       \
 		if (cond) {                                                                        \
-			printf("ok   ");                                                               \
+			printf("ok   ");                                                           \
 		} else {                                                                           \
 			printf("FAIL %s:%d: ", __FILE__, __LINE__);                                \
 			failures++;                                                                \
@@ -80,8 +80,8 @@ static double now(void)
 static void test_metadata_round_trip(void)
 {
 	const char body[] = "hello, bucketfs\n";
-	s3_meta m = { 0 };
-	s3_put_opts o = { .meta = &m, .content_type = "text/plain" };
+	s3_meta m = {0};
+	s3_put_opts o = {.meta = &m, .content_type = "text/plain"};
 	char etag[S3_ETAG_MAX], buf[64];
 	s3_head h;
 	s3_error err;
@@ -119,18 +119,19 @@ static void test_metadata_round_trip(void)
 }
 
 static const char *const odd_names[] = {
-	"with space.txt", "plus+sign", "per%cent", "hash#tag", "tilde~x", "eq=amp&q?",
-	"uni/ü日本語.txt", "dir with space/inner file", "quote'\"<>.x", "semi;colon,comma", "star*(paren)",
+        "with space.txt", "plus+sign",        "per%cent",        "hash#tag",
+        "tilde~x",        "eq=amp&q?",        "uni/ü日本語.txt", "dir with space/inner file",
+        "quote'\"<>.x",   "semi;colon,comma", "star*(paren)",
 };
 #define N_ODD (sizeof(odd_names) / sizeof(odd_names[0]))
 
 static void test_odd_keys(void)
 {
-	s3_list_params p = { .prefix = NULL };
+	s3_list_params p = {.prefix = NULL};
 	char prefix[128], buf[256];
 	s3_list_page page;
 	s3_error err;
-	int seen[N_ODD] = { 0 }, r, ok = 1;
+	int seen[N_ODD] = {0}, r, ok = 1;
 
 	for (size_t i = 0; i < N_ODD; i++) {
 		char name[200];
@@ -198,20 +199,21 @@ static void test_ranges(void)
 	for (int i = 0; i < 40; i++) {
 		uint64_t off = (uint64_t)rand() % size;
 		uint64_t len = 1 + (uint64_t)rand() % (size - off);
-		s3_get_params gp = { .offset = off, .length = len };
+		s3_get_params gp = {.offset = off, .length = len};
 		s3_head h;
 		size_t got = 0;
 		r = s3_get_object_buf(cli, key_of("range.bin"), &gp, buf, size, &got, &h, &err);
 		if (r || got != len || memcmp(buf, data + off, len) != 0 || h.size != size) {
 			ok = 0;
-			printf("     range %" PRIu64 "+%" PRIu64 ": r=%d got=%zu size=%" PRIu64 "\n", off,
-			       len, r, got, h.size);
+			printf("     range %" PRIu64 "+%" PRIu64 ": r=%d got=%zu size=%" PRIu64
+			       "\n",
+			       off, len, r, got, h.size);
 		}
 		s3_head_clear(&h);
 	}
 	CHECK(ok, "40 random ranges byte for byte, head.size is the whole object");
 	{
-		s3_get_params gp = { .offset = size - 10 };
+		s3_get_params gp = {.offset = size - 10};
 		size_t got = 0;
 		r = s3_get_object_buf(cli, key_of("range.bin"), &gp, buf, size, &got, NULL, &err);
 		CHECK(r == 0 && got == 10 && memcmp(buf, data + size - 10, 10) == 0,
@@ -228,13 +230,13 @@ static void test_ranges(void)
 	if (strstr(quirks, "if-match")) {
 		printf("skip If-Match (server ignores it)\n");
 	} else {
-		s3_get_params gp = { .if_match = "\"0123456789abcdef0123456789abcdef\"" };
+		s3_get_params gp = {.if_match = "\"0123456789abcdef0123456789abcdef\""};
 		size_t g = 0;
 		r = s3_get_object_buf(cli, key_of("range.bin"), &gp, buf, size, &g, NULL, &err);
 		CHECK(r == -ESTALE, "If-Match with a wrong ETag -> ESTALE (r=%d)", r);
 	}
 	{
-		s3_get_params gp = { .offset = size + 100, .length = 10 };
+		s3_get_params gp = {.offset = size + 100, .length = 10};
 		size_t g = 0;
 		r = s3_get_object_buf(cli, key_of("range.bin"), &gp, buf, size, &g, NULL, &err);
 		CHECK(r == -EINVAL, "range past the end -> EINVAL (r=%d, %s)", r, err.code);
@@ -276,7 +278,7 @@ static void test_listing_many(void)
 	double t0 = now();
 
 	for (int t = 0; t < T; t++) {
-		pm[t] = (struct put_many){ .from = t * N / T, .to = (t + 1) * N / T };
+		pm[t] = (struct put_many){.from = t * N / T, .to = (t + 1) * N / T};
 		pthread_create(&th[t], NULL, put_many_worker, &pm[t]);
 	}
 	for (int t = 0; t < T; t++) {
@@ -287,7 +289,7 @@ static void test_listing_many(void)
 
 	snprintf(prefix, sizeof(prefix), "%smany/", pfx);
 	do {
-		s3_list_params p = { .prefix = prefix, .max_keys = 100, .continuation_token = token };
+		s3_list_params p = {.prefix = prefix, .max_keys = 100, .continuation_token = token};
 		s3_list_page page;
 		r = s3_list_objects(cli, &p, &page, &err);
 		if (r)
@@ -329,7 +331,7 @@ static void test_listing_many(void)
 	      "in 3 batched requests (%" PRIu64 " with %" PRIu64 " retries)",
 	      after.requests[S3_REQ_DELETE] - before.requests[S3_REQ_DELETE],
 	      after.retries - before.retries);
-	s3_list_params p = { .prefix = prefix };
+	s3_list_params p = {.prefix = prefix};
 	s3_list_page page;
 	r = s3_list_objects(cli, &p, &page, &err);
 	CHECK(r == 0 && page.n_objects == 0, "nothing left after the batch delete");
@@ -343,8 +345,8 @@ static void test_listing_many(void)
 
 static void test_copy_delete(void)
 {
-	s3_meta m = { 0 }, m2 = { 0 };
-	s3_put_opts o = { .meta = &m }, o2 = { .meta = &m2 };
+	s3_meta m = {0}, m2 = {0};
+	s3_put_opts o = {.meta = &m}, o2 = {.meta = &m2};
 	char etag[S3_ETAG_MAX];
 	s3_head h;
 	s3_error err;
@@ -455,7 +457,6 @@ static void test_part_copy(int fd, const unsigned char *data)
 	if (!r)
 		s3_mpu_list_free(&l);
 	free(uid);
-
 }
 
 static void test_multipart(void)
@@ -485,7 +486,8 @@ static void test_multipart(void)
 	CHECK(sha_file_equals(key_of("big.bin"), data, size), "100 MiB read back byte for byte");
 
 	if (strstr(quirks, "upload-part-copy") || strstr(quirks, "list-uploads"))
-		printf("skip UploadPartCopy and ListMultipartUploads (not implemented by the server)\n");
+		printf("skip UploadPartCopy and ListMultipartUploads (not implemented by the "
+		       "server)\n");
 	else
 		test_part_copy(fd, data);
 
@@ -502,12 +504,15 @@ static void test_multipart(void)
 
 static void test_missing_bucket(const char *endpoint, bool path_style)
 {
-	s3_config cfg = { .endpoint = endpoint, .bucket = "bucketfs-no-such-bucket-4711",
-		          .path_style = path_style, .retries = 1, .log = log_stderr,
-		          .log_level = S3_LOG_WARNING };
+	s3_config cfg = {.endpoint = endpoint,
+	                 .bucket = "bucketfs-no-such-bucket-4711",
+	                 .path_style = path_style,
+	                 .retries = 1,
+	                 .log = log_stderr,
+	                 .log_level = S3_LOG_WARNING};
 	char errbuf[256];
 	s3_client *c = s3_client_new(&cfg, errbuf, sizeof(errbuf));
-	s3_list_params p = { 0 };
+	s3_list_params p = {0};
 	s3_list_page page;
 	s3_error err;
 	int r;
@@ -534,8 +539,12 @@ int main(void)
 		fprintf(stderr, "test_s3_ops: set S3_ENDPOINT and S3_BUCKET\n");
 		return 2;
 	}
-	s3_config cfg = { .endpoint = endpoint, .bucket = bucket, .path_style = path_style,
-		          .retries = 3, .log = log_stderr, .log_level = S3_LOG_WARNING };
+	s3_config cfg = {.endpoint = endpoint,
+	                 .bucket = bucket,
+	                 .path_style = path_style,
+	                 .retries = 3,
+	                 .log = log_stderr,
+	                 .log_level = S3_LOG_WARNING};
 	cli = s3_client_new(&cfg, errbuf, sizeof(errbuf));
 	if (!cli) {
 		fprintf(stderr, "test_s3_ops: %s\n", errbuf);
