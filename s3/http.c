@@ -404,6 +404,7 @@ struct attempt {
 	bool collect;         /* body goes to rs->body */
 	size_t collect_cap;
 	bool overflow;
+	bool headers_done; /* the blank line after the final response's headers */
 	int read_errno;
 };
 
@@ -424,9 +425,16 @@ static size_t on_header(char *buf, size_t size, size_t nitems, void *ud)
 	line[len] = '\0';
 	while (len && (line[len - 1] == '\r' || line[len - 1] == '\n'))
 		line[--len] = '\0';
+	if (len == 0) {
+		/* End of a header block; 1xx blocks are followed by another. */
+		if (a->status >= 200)
+			a->headers_done = true;
+		return size * nitems;
+	}
 	if (strncmp(line, "HTTP/", 5) == 0) {
 		/* A new response (after 100 Continue): forget the old headers. */
 		char *sp = strchr(line, ' ');
+		a->headers_done = false;
 		a->status = sp ? strtol(sp + 1, NULL, 10) : 0;
 		s3_head_clear(&a->rs->head);
 		return size * nitems;
@@ -877,6 +885,10 @@ static int perform_once(s3_client *c, CURL *h, s3_http_req *rq, s3_http_resp *rs
 	__atomic_fetch_add(&c->stats_requests[rq->type], 1, __ATOMIC_RELAXED);
 	*ccout = curl_easy_perform(h);
 	curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &rs->status);
+	/* A connection closed inside the headers can look like a complete
+	 * (HTTP/1.0-style) response to curl: the ETag may be missing. */
+	if (*ccout == CURLE_OK && !a->headers_done)
+		*ccout = CURLE_PARTIAL_FILE;
 	if (*ccout != CURLE_OK) {
 		err->curl_code = (int)*ccout;
 		err->http_status = 0;

@@ -2,11 +2,13 @@
  * ops.c - the S3 operations of s3.h, each one request (or a bounded series)
  * built on s3_http_perform().
  */
+#include <ctype.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <openssl/evp.h>
@@ -640,6 +642,53 @@ static void *mpu_worker(void *arg)
 	return NULL;
 }
 
+/* CompleteMultipartUpload is not idempotent everywhere: when its answer was
+ * lost and the retry finds the upload gone, the object may well be there.
+ * It is ours if it has our size and either the multipart ETag our parts
+ * imply or a LastModified after we started. */
+static bool complete_landed(s3_client *c, const char *key, const struct mpu_job *j,
+                            int64_t start_ns, char etag_out[S3_ETAG_MAX])
+{
+	unsigned char *cat, md[EVP_MAX_MD_SIZE];
+	unsigned int mdlen = 0;
+	char expect[S3_ETAG_MAX];
+	size_t n = 0;
+	s3_head h;
+	s3_error e;
+	bool ours;
+
+	if (s3_head_object(c, key, &h, &e))
+		return false;
+	cat = malloc(16 * (size_t)j->n_parts + 1);
+	if (!cat) {
+		s3_head_clear(&h);
+		return false;
+	}
+	for (int i = 0; i < j->n_parts; i++) {
+		const char *t = j->parts[i].etag + (j->parts[i].etag[0] == '"');
+		for (int k = 0; k < 16 && isxdigit((unsigned char)t[2 * k]) &&
+		                isxdigit((unsigned char)t[2 * k + 1]);
+		     k++) {
+			unsigned int b;
+			sscanf(t + 2 * k, "%2x", &b);
+			cat[n++] = (unsigned char)b;
+		}
+	}
+	EVP_Digest(cat, n, md, &mdlen, EVP_md5(), NULL);
+	free(cat);
+	char *p = expect;
+	*p++ = '"';
+	for (unsigned i = 0; i < mdlen; i++)
+		p += sprintf(p, "%02x", md[i]);
+	snprintf(p, sizeof(expect) - (size_t)(p - expect), "-%d\"", j->n_parts);
+	ours = h.size == j->len && (strcmp(h.etag, expect) == 0 ||
+	                            h.last_modified_ns >= start_ns - INT64_C(60000000000));
+	if (ours && etag_out)
+		snprintf(etag_out, S3_ETAG_MAX, "%s", h.etag);
+	s3_head_clear(&h);
+	return ours;
+}
+
 int s3_upload_fd(s3_client *c, const char *key, int fd, uint64_t len, uint64_t part_size,
                  int parallel, const s3_put_opts *o, char etag_out[S3_ETAG_MAX], s3_error *err)
 {
@@ -650,6 +699,9 @@ int s3_upload_fd(s3_client *c, const char *key, int fd, uint64_t len, uint64_t p
 
 	if (part_size < (5u << 20))
 		part_size = 5u << 20;
+	struct timespec now;
+	clock_gettime(CLOCK_REALTIME, &now);
+	int64_t start_ns = (int64_t)now.tv_sec * 1000000000 + now.tv_nsec;
 	if (len < part_size)
 		return s3_put_object_fd(c, key, fd, 0, len, o, etag_out, err);
 	/* S3 allows 10,000 parts: grow the part size for huge files. */
@@ -693,6 +745,13 @@ int s3_upload_fd(s3_client *c, const char *key, int fd, uint64_t len, uint64_t p
 		goto abort;
 	}
 	r = s3_mpu_complete(c, key, upload_id, j.parts, (size_t)j.n_parts, etag_out, err);
+	if (r && complete_landed(c, key, &j, start_ns, etag_out)) {
+		s3_log(c, S3_LOG_INFO,
+		       "s3: the multipart upload of %s completed although the "
+		       "answer was lost",
+		       key);
+		r = 0;
+	}
 	if (r)
 		goto abort;
 	goto out;
