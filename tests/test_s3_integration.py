@@ -201,3 +201,30 @@ def test_odd_keys_listed_like_aws_sees_them(s3server, bucket, tmp_path):
     listed = [line.split('\t')[1] for line in out.decode().splitlines()
               if line.startswith('OBJ\t')]
     assert sorted(listed) == sorted(keys)
+
+
+def test_virtual_hosted_addressing_is_signed_right(swift, tmp_path):
+    """http://BUCKET.localhost:PORT (curl resolves *.localhost to loopback);
+    Swift's s3api serves it (storage_domain = localhost) and verifies the
+    signature, whose Host is the virtual host."""
+    bucket = swift.new_bucket()
+    env = client_env(swift, bucket)
+    env['S3_ENDPOINT'] = 'http://localhost:%d' % swift.port
+    f = tmp_path / 'f'
+    f.write_bytes(b'virtual host\n')
+
+    def run(*args):
+        p = subprocess.run([binary('s3tool'), '-v'] + list(args), env=env,
+                           capture_output=True, timeout=60)
+        assert p.returncode == 0, p.stderr
+        return p.stdout, p.stderr.decode()
+
+    out, err = run('put', 'dir/a b+c', str(f))
+    assert 'virtual-hosted' in err
+    out, err = run('ls')
+    assert out.decode().split('\t')[1] == 'dir/a b+c'
+    out, err = run('get', 'dir/a b+c')
+    assert out == b'virtual host\n'
+    # and aws-cli (path-style) sees the same object
+    p = swift.aws('s3api', 'head-object', '--bucket', bucket, '--key', 'dir/a b+c')
+    assert '"ContentLength": 13' in p.stdout

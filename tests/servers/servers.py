@@ -277,7 +277,9 @@ class S3rver(S3Server):
         for attempt in range(5):
             port = fixed or free_port()
             cmd = ['node', S3RVER_JS, '--address', self.host, '--port', str(port),
-                   '--directory', self.data_dir, '--silent']
+                   '--directory', self.data_dir, '--silent',
+                   # virtual-hosted requests: http://BUCKET.localhost:PORT
+                   '--service-endpoint', 'localhost']
             if self.lifetime:
                 # timeout runs node as its child and kills it after lifetime s
                 cmd = ['timeout', str(self.lifetime)] + cmd

@@ -109,6 +109,8 @@ account_autocreate = true
 [filter:s3api]
 use = egg:swift#s3api
 location = us-east-1
+# virtual-hosted requests: http://BUCKET.localhost:PORT
+storage_domain = localhost
 
 [filter:tempauth]
 use = egg:swift#tempauth
