@@ -958,8 +958,21 @@ static int creds_http1(const char *method, const char *url, const char *hname, c
 	return r;
 }
 
+/* A copy of an endpoint's value fit to quote in a log line: at most
+ * len - 1 bytes, control characters (line breaks, terminal escapes) as '?'. */
+static const char *creds_printable(const char *s, char *buf, size_t len)
+{
+	size_t n = 0;
+
+	for (; *s && n + 1 < len; s++)
+		buf[n++] = (unsigned char)*s < 0x20 || *s == 0x7f ? '?' : *s;
+	buf[n] = '\0';
+	return buf;
+}
+
 /* Credentials out of an ECS or IMDS answer.  `what` names the source in
- * error messages, which never quote the body. */
+ * error messages, which never quote the body (only Code and Expiration,
+ * which are not secret, cut short and made printable). */
 static int creds_from_json(const char *body, size_t len, bool imds, const char *what,
                            s3_credentials *out, int64_t *expires_ns, s3_error *err)
 {
@@ -969,6 +982,7 @@ static int creds_from_json(const char *body, size_t len, bool imds, const char *
 	        {"Code", NULL},
 	};
 	const size_t nf = sizeof(f) / sizeof(f[0]);
+	char quoted[41];
 	int64_t exp;
 	int r;
 
@@ -981,7 +995,8 @@ static int creds_from_json(const char *body, size_t len, bool imds, const char *
 	r = -EPROTO;
 	if (imds && (!f[4].value || strcmp(f[4].value, "Success") != 0)) {
 		creds_set_error(err, EPROTO, 0, 0, "%s: Code is %s, not Success", what,
-		                f[4].value ? f[4].value : "missing");
+		                f[4].value ? creds_printable(f[4].value, quoted, sizeof(quoted))
+		                           : "missing");
 		goto out;
 	}
 	for (size_t k = 0; k < 4; k++) {
@@ -993,8 +1008,8 @@ static int creds_from_json(const char *body, size_t len, bool imds, const char *
 	}
 	exp = s3_parse_iso8601(f[3].value);
 	if (exp < 0) {
-		creds_set_error(err, EPROTO, 0, 0, "%s: bad Expiration \"%.40s\"", what,
-		                f[3].value);
+		creds_set_error(err, EPROTO, 0, 0, "%s: bad Expiration \"%s\"", what,
+		                creds_printable(f[3].value, quoted, sizeof(quoted)));
 		goto out;
 	}
 	/* Already expired: a clock far off, or a broken endpoint.  Taking them

@@ -6,6 +6,7 @@
 #   1. tools/deps.sh                          packages, npm ci (fast when done)
 #   2. build-ci:   meson -Dwerror=true, ninja, meson test --suite unit
 #   3. build-asan: the same under ASan + UBSan, meson test --suite unit
+#      then tools/fuzz.sh: libFuzzer targets (build-fuzz, clang), 20 s each
 #   4. pytest tests/   (integration: real servers, the real binary from
 #                       BUCKETFS_BUILD=<abs build-ci>)
 #
@@ -111,6 +112,13 @@ if [ $deps_ok = 1 ]; then
   fi
 else
   skip "build-asan" "deps failed"
+fi
+
+# ----------------------------------------------------------------- 3b. fuzz
+if [ $deps_ok = 1 ]; then
+  step "fuzz: tools/fuzz.sh (20 s/target)" bash tools/fuzz.sh 20
+else
+  skip "fuzz" "deps failed"
 fi
 
 # ----------------------------------------------------------------- 4. pytest
