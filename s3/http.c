@@ -144,6 +144,7 @@ static int load_sse_c_key(s3_client *c, const char *file, char *errbuf, size_t e
 	c->sse_c_key_md5_b64 = strdup(b64);
 	memset(key, 0, sizeof(key));
 	memset(raw, 0, sizeof(raw));
+	memset(b64, 0, sizeof(b64));
 	if (!c->sse_c_key_b64 || !c->sse_c_key_md5_b64) {
 		snprintf(errbuf, errlen, "out of memory");
 		return -1;
