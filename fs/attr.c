@@ -95,7 +95,7 @@ int fs_parse_time(const char *s, int64_t *ns_out)
 	if (!isdigit((unsigned char)*s))
 		return -EINVAL;
 	for (; isdigit((unsigned char)*s); s++) {
-		if (++digits > 12) /* beyond year 30000: not a time */
+		if (++digits > 12) /* keeps sec in range; the limit is below */
 			return -EINVAL;
 		sec = sec * 10 + (*s - '0');
 	}
@@ -109,6 +109,10 @@ int fs_parse_time(const char *s, int64_t *ns_out)
 	}
 	if (!only_space(s))
 		return -EINVAL;
+	/* Nanoseconds since the epoch end in 2262: later is not a time (and
+	 * would overflow). */
+	if (sec > (INT64_MAX - 999999999) / INT64_C(1000000000))
+		return -EINVAL;
 	int64_t ns = sec * INT64_C(1000000000) + frac;
 	*ns_out = neg ? -ns : ns;
 	return 0;
@@ -116,21 +120,264 @@ int fs_parse_time(const char *s, int64_t *ns_out)
 
 void fs_format_time(int64_t ns, char *buf, size_t len)
 {
-	int64_t sec = ns / 1000000000, frac = ns % 1000000000;
+	/* A sign and a magnitude, as fs_parse_time reads them and rclone
+	 * writes them: -0.25 s is "-0.25", not "-1.75".  The magnitude is
+	 * unsigned so that INT64_MIN has one. */
+	const char *sign = ns < 0 ? "-" : "";
+	uint64_t mag = ns < 0 ? (uint64_t)0 - (uint64_t)ns : (uint64_t)ns;
+	uint64_t sec = mag / 1000000000, frac = mag % 1000000000;
 
-	if (frac < 0) {
-		frac += 1000000000;
-		sec -= 1;
-	}
 	/* Whole seconds as s3fs writes them; a fraction only when there is one,
 	 * trailing zeros trimmed (rclone reads both). */
 	if (!frac) {
-		snprintf(buf, len, "%" PRId64, sec);
+		snprintf(buf, len, "%s%" PRIu64, sign, sec);
 		return;
 	}
 	char f[16];
-	snprintf(f, sizeof(f), "%09" PRId64, frac);
+	snprintf(f, sizeof(f), "%09" PRIu64, frac);
 	for (int i = 8; i > 0 && f[i] == '0'; i--)
 		f[i] = '\0';
-	snprintf(buf, len, "%" PRId64 ".%s", sec, f);
+	snprintf(buf, len, "%s%" PRIu64 ".%s", sign, sec, f);
+}
+
+/* ---------------------------------------------------------------- xattrs */
+
+/* s3fs's urlEncode: unreserved characters and '/' stay, the rest is %XX. */
+static char *url_encode(const char *s)
+{
+	static const char hex[] = "0123456789ABCDEF";
+	size_t n = strlen(s);
+	char *out = malloc(3 * n + 1), *o = out;
+
+	if (!out)
+		return NULL;
+	for (; *s; s++) {
+		unsigned char c = (unsigned char)*s;
+		if (isalnum(c) || c == '-' || c == '_' || c == '.' || c == '~' || c == '/') {
+			*o++ = (char)c;
+		} else {
+			*o++ = '%';
+			*o++ = hex[c >> 4];
+			*o++ = hex[c & 15];
+		}
+	}
+	*o = '\0';
+	return out;
+}
+
+static int hexval(int c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	if (c >= 'A' && c <= 'F')
+		return c - 'A' + 10;
+	return -1;
+}
+
+static char *url_decode(const char *s, size_t len)
+{
+	char *out = malloc(len + 1), *o = out;
+
+	if (!out)
+		return NULL;
+	for (size_t i = 0; i < len; i++) {
+		if (s[i] == '%' && i + 2 < len && hexval(s[i + 1]) >= 0 && hexval(s[i + 2]) >= 0) {
+			*o++ = (char)(hexval(s[i + 1]) * 16 + hexval(s[i + 2]));
+			i += 2;
+		} else {
+			*o++ = s[i];
+		}
+	}
+	*o = '\0';
+	return out;
+}
+
+static const char b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+static char *base64_encode(const unsigned char *in, size_t len)
+{
+	char *out = malloc(4 * ((len + 2) / 3) + 1), *o = out;
+
+	if (!out)
+		return NULL;
+	for (size_t i = 0; i < len; i += 3) {
+		uint32_t v = (uint32_t)in[i] << 16;
+		if (i + 1 < len)
+			v |= (uint32_t)in[i + 1] << 8;
+		if (i + 2 < len)
+			v |= in[i + 2];
+		*o++ = b64[(v >> 18) & 63];
+		*o++ = b64[(v >> 12) & 63];
+		*o++ = i + 1 < len ? b64[(v >> 6) & 63] : '=';
+		*o++ = i + 2 < len ? b64[v & 63] : '=';
+	}
+	*o = '\0';
+	return out;
+}
+
+/* Lenient: stops at '=' or the end, skips nothing else.  -EINVAL on a
+ * character outside the alphabet. */
+static int base64_decode(const char *in, size_t len, unsigned char **out, size_t *out_len)
+{
+	unsigned char *buf = malloc(len / 4 * 3 + 3), *o = buf;
+	uint32_t acc = 0;
+	int bits = 0;
+
+	if (!buf)
+		return -ENOMEM;
+	for (size_t i = 0; i < len && in[i] != '='; i++) {
+		const char *p = strchr(b64, in[i]);
+		if (!p || !in[i]) {
+			free(buf);
+			return -EINVAL;
+		}
+		acc = acc << 6 | (uint32_t)(p - b64);
+		bits += 6;
+		if (bits >= 8) {
+			bits -= 8;
+			*o++ = (unsigned char)(acc >> bits);
+		}
+	}
+	*out = buf;
+	*out_len = (size_t)(o - buf);
+	return 0;
+}
+
+struct fs_xattr *fs_xattrs_find(const struct fs_xattrs *x, const char *name)
+{
+	for (size_t i = 0; i < x->n; i++)
+		if (strcmp(x->v[i].name, name) == 0)
+			return &x->v[i];
+	return NULL;
+}
+
+int fs_xattrs_set(struct fs_xattrs *x, const char *name, const void *value, size_t len)
+{
+	struct fs_xattr *a = fs_xattrs_find(x, name);
+	unsigned char *copy = malloc(len ? len : 1);
+
+	if (!copy)
+		return -ENOMEM;
+	if (len)
+		memcpy(copy, value, len);
+	if (!a) {
+		struct fs_xattr *v = realloc(x->v, (x->n + 1) * sizeof(*v));
+		char *n = strdup(name);
+		if (!v || !n) {
+			if (v)
+				x->v = v;
+			free(n);
+			free(copy);
+			return -ENOMEM;
+		}
+		x->v = v;
+		a = &x->v[x->n++];
+		a->name = n;
+		a->value = NULL;
+	}
+	free(a->value);
+	a->value = copy;
+	a->len = len;
+	return 0;
+}
+
+int fs_xattrs_remove(struct fs_xattrs *x, const char *name)
+{
+	struct fs_xattr *a = fs_xattrs_find(x, name);
+
+	if (!a)
+		return -ENODATA;
+	free(a->name);
+	free(a->value);
+	*a = x->v[--x->n];
+	return 0;
+}
+
+void fs_xattrs_clear(struct fs_xattrs *x)
+{
+	for (size_t i = 0; i < x->n; i++) {
+		free(x->v[i].name);
+		free(x->v[i].value);
+	}
+	free(x->v);
+	x->v = NULL;
+	x->n = 0;
+}
+
+static char *trim_quotes(char *s)
+{
+	while (*s == ' ' || *s == '"')
+		s++;
+	size_t n = strlen(s);
+	while (n && (s[n - 1] == ' ' || s[n - 1] == '"'))
+		s[--n] = '\0';
+	return s;
+}
+
+int fs_xattrs_parse(const char *enc, size_t len, struct fs_xattrs *out)
+{
+	char *text = url_decode(enc, len), *s, *save = NULL, *pair;
+	int r = 0;
+
+	memset(out, 0, sizeof(*out));
+	if (!text)
+		return -ENOMEM;
+	s = text;
+	while (*s == ' ' || *s == '{')
+		s++;
+	char *end = s + strlen(s);
+	while (end > s && (end[-1] == ' ' || end[-1] == '}'))
+		*--end = '\0';
+	for (pair = strtok_r(s, ",", &save); pair && !r; pair = strtok_r(NULL, ",", &save)) {
+		char *colon = strchr(pair, ':');
+		unsigned char *val = NULL;
+		size_t vlen = 0;
+		if (!colon)
+			continue;
+		*colon = '\0';
+		char *name = trim_quotes(pair), *v = trim_quotes(colon + 1);
+		if (!*name || base64_decode(v, strlen(v), &val, &vlen))
+			continue;
+		r = fs_xattrs_set(out, name, val, vlen);
+		free(val);
+	}
+	free(text);
+	if (r)
+		fs_xattrs_clear(out);
+	return r;
+}
+
+int fs_xattrs_format(const struct fs_xattrs *x, char **out)
+{
+	size_t cap = 3, used = 0;
+	char *json, *enc;
+
+	*out = NULL;
+	if (!x->n)
+		return 0;
+	for (size_t i = 0; i < x->n; i++)
+		cap += strlen(x->v[i].name) + 4 * ((x->v[i].len + 2) / 3) + 6;
+	json = malloc(cap);
+	if (!json)
+		return -ENOMEM;
+	json[used++] = '{';
+	for (size_t i = 0; i < x->n; i++) {
+		char *b = base64_encode(x->v[i].value, x->v[i].len);
+		if (!b) {
+			free(json);
+			return -ENOMEM;
+		}
+		used += (size_t)snprintf(json + used, cap - used, "%s\"%s\":\"%s\"", i ? "," : "",
+		                         x->v[i].name, b);
+		free(b);
+	}
+	snprintf(json + used, cap - used, "}");
+	enc = url_encode(json);
+	free(json);
+	if (!enc)
+		return -ENOMEM;
+	*out = enc;
+	return 0;
 }

@@ -87,6 +87,9 @@ struct fs_config {
 	unsigned list_ttl;          /* seconds, default 60 */
 	uint64_t small_file_size;   /* bytes, default 1 MiB; 0: always HEAD */
 	uint64_t max_dirty;         /* bytes, default 1 GiB */
+	uint64_t async_close_max;   /* bytes, default 1 MiB: smaller files upload
+	                               after close returns (journaled first) */
+	bool sync_upload;           /* every close waits for its upload */
 
 	/* Logging and stats */
 	int log_level; /* FS_LOG_*, default FS_LOG_WARNING (-d: debug) */

@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <pwd.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -138,7 +139,7 @@ static void detach(void)
  * and turns what went wrong into one line. */
 static int probe_bucket(s3_client *s3, const struct fs_config *cfg)
 {
-	s3_list_params p = { .prefix = cfg->prefix, .max_keys = 1 };
+	s3_list_params p = {.prefix = cfg->prefix, .max_keys = 1};
 	s3_list_page page;
 	s3_error err;
 	char desc[512];
@@ -235,7 +236,7 @@ int main(int argc, char **argv)
 {
 	struct fuse_args args = FUSE_ARGS_INIT(0, NULL);
 	struct fs_config cfg;
-	struct fs_ctx ctx = { 0 };
+	struct fs_ctx ctx = {0};
 	struct fuse *fuse = NULL;
 	s3_config s3cfg;
 	char errbuf[1024], *inst = NULL, *index_path = NULL, *content_dir = NULL;
@@ -251,13 +252,22 @@ int main(int argc, char **argv)
 		return r > 0 ? 0 : 1;
 	if (fs_check_mountpoint(&cfg))
 		goto out;
+	/* Before the fork, so that a log file that cannot be opened is one line
+	 * on stderr (fs_log_init's), and the daemon inherits the open log. */
+	if (fs_log_init(&cfg))
+		goto out;
 	if (!cfg.foreground)
 		daemonize_early();
-	if (fs_log_init(&cfg)) {
-		fail("cannot open the log");
-		goto out;
-	}
 	umask(077);
+
+	/* mount(8) runs its helpers without HOME (nor PATH): find ~/.aws and
+	 * ~/.passwd-s3fs the way aws-cli does, through the password database. */
+	if (!getenv("HOME")) {
+		struct passwd *pw = getpwuid(getuid());
+
+		if (pw && pw->pw_dir && *pw->pw_dir)
+			setenv("HOME", pw->pw_dir, 0);
+	}
 
 	fs_config_to_s3(&cfg, &s3cfg);
 	ctx.s3 = s3_client_new(&s3cfg, errbuf, sizeof(errbuf));
@@ -279,7 +289,7 @@ int main(int argc, char **argv)
 		fail("cannot create the cache directory %s: %s", inst, strerror(-r));
 		goto out;
 	}
-	meta_options mo = { .log = fs_log_va, .log_level = cfg.log_level };
+	meta_options mo = {.log = fs_log_va, .log_level = cfg.log_level};
 	r = meta_open(index_path, cfg.prefix, &mo, &ctx.meta);
 	if (r) {
 		fail("cannot open the index %s: %s", index_path, strerror(-r));
@@ -294,19 +304,25 @@ int main(int argc, char **argv)
 	ctx.small_file_size = cfg.small_file_size;
 	ctx.head_parallel = 16;
 	ctx.list_flat_pages = 20;
-	ctx.ro = true; /* the write path is not there yet */
+	ctx.ro = cfg.ro;
+	ctx.multipart_size = cfg.multipart_size;
+	ctx.parallel_count = (int)cfg.parallel_count;
+	ctx.max_dirty = cfg.max_dirty;
+	ctx.async_close_max = cfg.sync_upload ? 0 : cfg.async_close_max;
+	ctx.upload_threads = 16;
+	ctx.unmount_wait_s = 60;
 	pthread_mutex_init(&ctx.list_lock, NULL);
 
 	cache_config cc = {
-		.dir = content_dir,
-		.size = cfg.cache_size,
-		.block_size = (uint32_t)cfg.block_size,
-		.prefetch_window = cfg.prefetch,
-		.prefetch_parallel = cfg.prefetch_parallel,
-		.no_prefetch = cfg.prefetch == 0,
-		.fetch = fs_fetch,
-		.fetch_ctx = &ctx,
-		.log = fs_log_va,
+	        .dir = content_dir,
+	        .size = cfg.cache_size,
+	        .block_size = (uint32_t)cfg.block_size,
+	        .prefetch_window = cfg.prefetch,
+	        .prefetch_parallel = cfg.prefetch_parallel,
+	        .no_prefetch = cfg.prefetch == 0,
+	        .fetch = fs_fetch,
+	        .fetch_ctx = &ctx,
+	        .log = fs_log_va,
 	};
 	r = cache_open(&cc, &ctx.cache);
 	if (r) {
@@ -314,9 +330,10 @@ int main(int argc, char **argv)
 		goto out;
 	}
 
-	/* Read-only until the write path lands: say so to the kernel too. */
-	if (fuse_opt_add_arg(&args, "-oro")) {
-		fail("out of memory");
+	/* Before serving: uploads a crash left in the journal are resumed. */
+	r = fs_wb_start(&ctx);
+	if (r) {
+		fail("cannot start the upload threads: %s", strerror(-r));
 		goto out;
 	}
 	fuse = fuse_new(&args, &fs_operations, sizeof(fs_operations), &ctx);
@@ -352,6 +369,7 @@ out:
 		fuse_unmount(fuse);
 	if (fuse)
 		fuse_destroy(fuse);
+	fs_wb_stop(&ctx); /* if FUSE never called destroy */
 	if (ctx.cache)
 		cache_close(ctx.cache);
 	if (ctx.meta)

@@ -26,8 +26,8 @@
  */
 #include <errno.h>
 #include <fcntl.h>
-#include <limits.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -47,7 +47,7 @@ static struct fs_ctx *fs_ctx_get(void)
 	return fuse_get_context()->private_data;
 }
 
-static int64_t now_ns(void)
+int64_t fs_now_ns(void)
 {
 	struct timespec ts;
 
@@ -55,8 +55,7 @@ static int64_t now_ns(void)
 	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
-/* "/a/b" -> "/a"; "/a" -> "/".  out holds strlen(path) + 1 bytes. */
-static void parent_of(const char *path, char *out)
+void fs_parent_of(const char *path, char *out)
 {
 	const char *slash = strrchr(path, '/');
 	size_t n = slash && slash != path ? (size_t)(slash - path) : 1;
@@ -66,7 +65,7 @@ static void parent_of(const char *path, char *out)
 }
 
 /* The S3 key of `path` ("" maps the root to the bucket prefix). */
-static char *key_of(struct fs_ctx *ctx, const char *path, bool dir_marker)
+char *fs_key_of(struct fs_ctx *ctx, const char *path, bool dir_marker)
 {
 	if (strcmp(path, "/") == 0)
 		return strdup(ctx->prefix);
@@ -78,7 +77,7 @@ static char *key_of(struct fs_ctx *ctx, const char *path, bool dir_marker)
 static void on_listing_change(void *arg, const char *path, enum meta_change what)
 {
 	struct fs_ctx *ctx = arg;
-	char *key = key_of(ctx, path, false);
+	char *key = fs_key_of(ctx, path, false);
 
 	(void)what;
 	if (key) {
@@ -95,8 +94,8 @@ static int list_pages(struct fs_ctx *ctx, meta_listing *l, const char *prefix,
 
 	*complete = false;
 	for (;;) {
-		s3_list_params p = { .prefix = prefix, .delimiter = delimiter,
-			             .continuation_token = token };
+		s3_list_params p = {
+		        .prefix = prefix, .delimiter = delimiter, .continuation_token = token};
 		s3_list_page page;
 		s3_error err;
 		meta_object *objs;
@@ -105,7 +104,8 @@ static int list_pages(struct fs_ctx *ctx, meta_listing *l, const char *prefix,
 		if (r) {
 			char desc[300];
 			s3_error_format(&err, desc, sizeof(desc));
-			fs_log(FS_LOG_WARNING, "listing %s failed: %s", *prefix ? prefix : "/", desc);
+			fs_log(FS_LOG_WARNING, "listing %s failed: %s", *prefix ? prefix : "/",
+			       desc);
 			break;
 		}
 		objs = calloc(page.n_objects ? page.n_objects : 1, sizeof(*objs));
@@ -116,9 +116,12 @@ static int list_pages(struct fs_ctx *ctx, meta_listing *l, const char *prefix,
 		}
 		for (size_t i = 0; i < page.n_objects; i++) {
 			s3_object *o = &page.objects[i];
-			objs[i] = (meta_object){ .key = o->key, .size = o->size, .etag = o->etag,
-				                 .last_modified_ns = o->last_modified_ns,
-				                 .owner_id = o->owner_id, .owner_name = o->owner_name };
+			objs[i] = (meta_object){.key = o->key,
+			                        .size = o->size,
+			                        .etag = o->etag,
+			                        .last_modified_ns = o->last_modified_ns,
+			                        .owner_id = o->owner_id,
+			                        .owner_name = o->owner_name};
 		}
 		r = meta_listing_add_page(l, objs, page.n_objects,
 		                          (const char *const *)page.prefixes, page.n_prefixes);
@@ -151,7 +154,7 @@ static int list_pages(struct fs_ctx *ctx, meta_listing *l, const char *prefix,
 static int list_dir(struct fs_ctx *ctx, const char *dir)
 {
 	meta_listing *l = NULL;
-	char *prefix = strcmp(dir, "/") == 0 ? strdup(ctx->prefix) : key_of(ctx, dir, true);
+	char *prefix = strcmp(dir, "/") == 0 ? strdup(ctx->prefix) : fs_key_of(ctx, dir, true);
 	bool complete = false;
 	int r;
 
@@ -182,7 +185,7 @@ static int list_dir(struct fs_ctx *ctx, const char *dir)
 	if (r == 0 && strcmp(dir, "/") != 0) {
 		/* Nothing in S3 at or below dir/: it no longer exists, unless it
 		 * holds entries not yet uploaded. */
-		meta_entry e = { 0 };
+		meta_entry e = {0};
 		if (meta_lookup(ctx->meta, dir, &e) == 0 && !e.local) {
 			int d = meta_delete(ctx->meta, dir);
 			if (d == 0)
@@ -196,18 +199,18 @@ static int list_dir(struct fs_ctx *ctx, const char *dir)
 
 /* Makes sure the index holds a listing of `dir` younger than list_ttl.
  * When S3 cannot be reached, an older listing is served (logged). */
-static int ensure_listed(struct fs_ctx *ctx, const char *dir)
+int fs_ensure_listed(struct fs_ctx *ctx, const char *dir)
 {
 	int64_t at = 0;
 	int r;
 
 	r = meta_dir_listed_at(ctx->meta, dir, &at);
-	if (r == 0 && at && now_ns() - at < ctx->list_ttl_ns)
+	if (r == 0 && at && fs_now_ns() - at < ctx->list_ttl_ns)
 		return 0;
 	pthread_mutex_lock(&ctx->list_lock);
 	/* Another thread may have listed it while we waited. */
 	r = meta_dir_listed_at(ctx->meta, dir, &at);
-	if (r == 0 && at && now_ns() - at < ctx->list_ttl_ns) {
+	if (r == 0 && at && fs_now_ns() - at < ctx->list_ttl_ns) {
 		pthread_mutex_unlock(&ctx->list_lock);
 		return 0;
 	}
@@ -266,9 +269,9 @@ static int small_sink(void *arg, uint64_t offset, const void *data, size_t len)
  * in the index; also fills `e`'s fields so the caller can answer at once. */
 static int fetch_head(struct fs_ctx *ctx, const char *path, meta_entry *e)
 {
-	char *key = key_of(ctx, path, e->is_dir);
-	struct small_body body = { 0 };
-	s3_head h = { 0 };
+	char *key = fs_key_of(ctx, path, e->is_dir);
+	struct small_body body = {0};
+	s3_head h = {0};
 	s3_error err;
 	meta_head mh;
 	int r;
@@ -283,7 +286,7 @@ static int fetch_head(struct fs_ctx *ctx, const char *path, meta_entry *e)
 			free(key);
 			return -ENOMEM;
 		}
-		s3_get_params gp = { 0 };
+		s3_get_params gp = {0};
 		r = s3_get_object(ctx->s3, key, &gp, small_sink, &body, &h, &err);
 	} else {
 		r = s3_head_object(ctx->s3, key, &h, &err);
@@ -307,7 +310,8 @@ static int fetch_head(struct fs_ctx *ctx, const char *path, meta_entry *e)
 		if (body.buf && h.size == body.len) {
 			if ((mh.has & META_HAS_MODE) && S_ISLNK(mh.mode)) {
 				char *target = strndup(body.buf, body.len);
-				if (target && meta_set_symlink(ctx->meta, path, h.etag, target) == 0) {
+				if (target &&
+				    meta_set_symlink(ctx->meta, path, h.etag, target) == 0) {
 					free(e->symlink);
 					e->symlink = target;
 					target = NULL;
@@ -357,19 +361,20 @@ static void ts_from_ns(struct timespec *ts, int64_t ns)
 	}
 }
 
-static void fill_stat(struct fs_ctx *ctx, const meta_entry *e, struct stat *st)
+void fs_fill_stat(struct fs_ctx *ctx, const meta_entry *e, struct stat *st)
 {
 	int64_t mtime;
 
 	memset(st, 0, sizeof(*st));
 	if (e->is_dir) {
-		st->st_mode = S_IFDIR |
-		              ((e->has & META_HAS_MODE) ? (e->mode & 07777) : ctx->dir_mode);
+		st->st_mode =
+		        S_IFDIR | ((e->has & META_HAS_MODE) ? (e->mode & 07777) : ctx->dir_mode);
 		st->st_nlink = 2;
 		st->st_size = 4096;
 	} else {
 		mode_t type = (e->has & META_HAS_MODE) && S_ISLNK(e->mode) ? S_IFLNK : S_IFREG;
-		st->st_mode = type | ((e->has & META_HAS_MODE) ? (e->mode & 07777) : ctx->file_mode);
+		st->st_mode =
+		        type | ((e->has & META_HAS_MODE) ? (e->mode & 07777) : ctx->file_mode);
 		st->st_nlink = 1;
 		st->st_size = (off_t)e->size;
 	}
@@ -384,7 +389,7 @@ static void fill_stat(struct fs_ctx *ctx, const meta_entry *e, struct stat *st)
 }
 
 /* Finds `path` in a fresh listing of its parent, with its attributes. */
-static int lookup(struct fs_ctx *ctx, const char *path, meta_entry *e)
+int fs_lookup(struct fs_ctx *ctx, const char *path, meta_entry *e)
 {
 	size_t len = strlen(path);
 	char parent[len + 1];
@@ -394,8 +399,8 @@ static int lookup(struct fs_ctx *ctx, const char *path, meta_entry *e)
 	if (len > 1 && path[len - 1] == '/')
 		return -ENOENT;
 	if (strcmp(path, "/") != 0) {
-		parent_of(path, parent);
-		r = ensure_listed(ctx, parent);
+		fs_parent_of(path, parent);
+		r = fs_ensure_listed(ctx, parent);
 		if (r)
 			return r;
 	}
@@ -419,13 +424,87 @@ static int fs_getattr(const char *path, struct stat *st, struct fuse_file_info *
 	meta_entry e;
 	int r;
 
-	(void)fi;
-	r = lookup(ctx, path, &e);
+	/* With a handle, answer from the open file: it may be unlinked, and
+	 * its size is the writer's, not yet the index's. */
+	if (fi)
+		return fs_fgetattr(ctx, fi, st);
+	if (strncmp(fs_base_of(path), ".fuse_hidden", 12) == 0 &&
+	    fs_wb_hidden_stat(ctx, path, st, false) == 0)
+		return 0;
+	r = fs_lookup(ctx, path, &e);
 	if (r)
 		return r;
-	fill_stat(ctx, &e, st);
+	if (!e.is_dir)
+		fs_wb_overlay(ctx, path, &e);
+	fs_fill_stat(ctx, &e, st);
 	meta_entry_clear(&e);
 	return 0;
+}
+
+/* ---------------------------------------------------------------- attributes out */
+
+void fs_entry_complete(struct fs_ctx *ctx, meta_entry *e)
+{
+	int64_t mtime;
+
+	if (!(e->has & META_HAS_MODE))
+		e->mode = e->is_dir ? (S_IFDIR | ctx->dir_mode) : (S_IFREG | ctx->file_mode);
+	if (e->is_dir)
+		e->mode = S_IFDIR | (e->mode & 07777);
+	if (!(e->has & META_HAS_UID))
+		e->uid = ctx->uid;
+	if (!(e->has & META_HAS_GID))
+		e->gid = ctx->gid;
+	mtime = (e->has & META_HAS_MTIME) ? e->mtime_ns : e->last_modified_ns;
+	if (!mtime)
+		mtime = fs_now_ns();
+	e->mtime_ns = mtime;
+	if (!(e->has & META_HAS_CTIME))
+		e->ctime_ns = mtime;
+	if (!(e->has & META_HAS_ATIME))
+		e->atime_ns = mtime;
+	e->has |= META_HAS_MODE | META_HAS_UID | META_HAS_GID | META_HAS_MTIME | META_HAS_CTIME |
+	          META_HAS_ATIME;
+}
+
+int fs_entry_to_s3meta(const meta_entry *e, s3_meta *m)
+{
+	char buf[40];
+	int r;
+
+	snprintf(buf, sizeof(buf), "%u", (unsigned)e->mode);
+	r = s3_meta_set(m, "mode", buf);
+	snprintf(buf, sizeof(buf), "%u", (unsigned)e->uid);
+	r = r ? r : s3_meta_set(m, "uid", buf);
+	snprintf(buf, sizeof(buf), "%u", (unsigned)e->gid);
+	r = r ? r : s3_meta_set(m, "gid", buf);
+	fs_format_time(e->mtime_ns, buf, sizeof(buf));
+	r = r ? r : s3_meta_set(m, "mtime", buf);
+	fs_format_time(e->ctime_ns, buf, sizeof(buf));
+	r = r ? r : s3_meta_set(m, "ctime", buf);
+	fs_format_time(e->atime_ns, buf, sizeof(buf));
+	r = r ? r : s3_meta_set(m, "atime", buf);
+	if (!r && e->xattr && e->xattr_len) {
+		char *v = strndup((const char *)e->xattr, e->xattr_len);
+		r = v ? s3_meta_set(m, "xattr", v) : -ENOMEM;
+		free(v);
+	}
+	return r;
+}
+
+void fs_log_s3(int level, const char *what, const char *path, const s3_error *err)
+{
+	char desc[300];
+
+	s3_error_format(err, desc, sizeof(desc));
+	fs_log(level, "%s %s: %s", what, path, desc);
+}
+
+const char *fs_base_of(const char *path)
+{
+	const char *slash = strrchr(path, '/');
+
+	return slash ? slash + 1 : path;
 }
 
 /* ---------------------------------------------------------------- readdir */
@@ -531,25 +610,44 @@ static void fetch_heads(struct fs_ctx *ctx, struct dir_list *dl)
 		pthread_join(th[i], NULL);
 }
 
-static int fs_readdir(const char *path, void *buf, fuse_fill_dir_t filler, off_t off,
+/* With nullpath_ok, readdir gets no path: opendir keeps it in the handle. */
+static int fs_opendir(const char *path, struct fuse_file_info *fi)
+{
+	char *copy = strdup(path);
+
+	if (!copy)
+		return -ENOMEM;
+	fi->fh = (uint64_t)(uintptr_t)copy;
+	return 0;
+}
+
+static int fs_releasedir(const char *path, struct fuse_file_info *fi)
+{
+	(void)path;
+	free((char *)(uintptr_t)fi->fh);
+	return 0;
+}
+
+static int fs_readdir(const char *path_arg, void *buf, fuse_fill_dir_t filler, off_t off,
                       struct fuse_file_info *fi, enum fuse_readdir_flags flags)
 {
 	struct fs_ctx *ctx = fs_ctx_get();
-	struct dir_list dl = { .ctx = ctx, .dir = (char *)path };
+	const char *path = path_arg ? path_arg : (const char *)(uintptr_t)fi->fh;
+	struct dir_list dl = {.ctx = ctx, .dir = (char *)path};
 	meta_entry self;
 	struct stat st;
 	int r;
 
 	(void)off;
 	(void)fi;
-	r = lookup(ctx, path, &self);
+	r = fs_lookup(ctx, path, &self);
 	if (r)
 		return r;
 	if (!self.is_dir) {
 		meta_entry_clear(&self);
 		return -ENOTDIR;
 	}
-	r = ensure_listed(ctx, path);
+	r = fs_ensure_listed(ctx, path);
 	if (r) {
 		meta_entry_clear(&self);
 		return r;
@@ -559,12 +657,18 @@ static int fs_readdir(const char *path, void *buf, fuse_fill_dir_t filler, off_t
 	if (!r && (flags & FUSE_READDIR_PLUS))
 		fetch_heads(ctx, &dl);
 	if (!r) {
-		fill_stat(ctx, &self, &st);
+		fs_fill_stat(ctx, &self, &st);
 		filler(buf, ".", &st, 0, FUSE_FILL_DIR_PLUS);
 		filler(buf, "..", NULL, 0, 0);
 		for (size_t i = 0; i < dl.n; i++) {
 			bool known = !needs_head(&dl.v[i]);
-			fill_stat(ctx, &dl.v[i], &st);
+			if (!dl.v[i].is_dir) {
+				char *p = child_path(path, dl.v[i].name);
+				if (p)
+					fs_wb_overlay(ctx, p, &dl.v[i]);
+				free(p);
+			}
+			fs_fill_stat(ctx, &dl.v[i], &st);
 			if (filler(buf, dl.v[i].name, &st, 0, known ? FUSE_FILL_DIR_PLUS : 0))
 				break;
 		}
@@ -577,89 +681,13 @@ static int fs_readdir(const char *path, void *buf, fuse_fill_dir_t filler, off_t
 	return r;
 }
 
-/* ---------------------------------------------------------------- files */
-
-struct fs_handle {
-	char *key;
-	char etag[S3_ETAG_MAX];
-	uint64_t size;
-	cache_reader *reader;
-	pthread_mutex_t lock; /* a cache_reader serves one thread at a time */
-};
-
-static int fs_open(const char *path, struct fuse_file_info *fi)
-{
-	struct fs_ctx *ctx = fs_ctx_get();
-	struct fs_handle *h;
-	meta_entry e;
-	int r;
-
-	if ((fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC))
-		return -EROFS;
-	r = lookup(ctx, path, &e);
-	if (r)
-		return r;
-	if (e.is_dir) {
-		meta_entry_clear(&e);
-		return -EISDIR;
-	}
-	h = calloc(1, sizeof(*h));
-	if (!h) {
-		meta_entry_clear(&e);
-		return -ENOMEM;
-	}
-	h->key = key_of(ctx, path, false);
-	snprintf(h->etag, sizeof(h->etag), "%s", e.etag ? e.etag : "");
-	h->size = e.size;
-	pthread_mutex_init(&h->lock, NULL);
-	if (h->key)
-		h->reader = cache_reader_open(ctx->cache, h->key, h->etag, h->size);
-	meta_entry_clear(&e);
-	if (!h->key || !h->reader) {
-		free(h->key);
-		pthread_mutex_destroy(&h->lock);
-		free(h);
-		return -ENOMEM;
-	}
-	fi->fh = (uint64_t)(uintptr_t)h;
-	return 0;
-}
-
-static int fs_read(const char *path, char *buf, size_t size, off_t off, struct fuse_file_info *fi)
-{
-	struct fs_handle *h = (struct fs_handle *)(uintptr_t)fi->fh;
-	ssize_t n;
-
-	(void)path;
-	pthread_mutex_lock(&h->lock);
-	n = cache_reader_read(h->reader, (uint64_t)off, size, buf);
-	pthread_mutex_unlock(&h->lock);
-	if (n == -ESTALE) {
-		fs_log(FS_LOG_WARNING, "%s changed in the bucket while open; reopen it", path);
-		return -EIO;
-	}
-	return (int)n;
-}
-
-static int fs_release(const char *path, struct fuse_file_info *fi)
-{
-	struct fs_handle *h = (struct fs_handle *)(uintptr_t)fi->fh;
-
-	(void)path;
-	cache_reader_close(h->reader);
-	pthread_mutex_destroy(&h->lock);
-	free(h->key);
-	free(h);
-	return 0;
-}
-
 static int fs_readlink(const char *path, char *buf, size_t size)
 {
 	struct fs_ctx *ctx = fs_ctx_get();
 	meta_entry e;
 	int r;
 
-	r = lookup(ctx, path, &e);
+	r = fs_lookup(ctx, path, &e);
 	if (r)
 		return r;
 	if (e.is_dir || !(e.has & META_HAS_MODE) || !S_ISLNK(e.mode)) {
@@ -668,11 +696,11 @@ static int fs_readlink(const char *path, char *buf, size_t size)
 	}
 	if (!e.symlink) {
 		/* A large "symlink" (over small_file_size): read it now. */
-		char *key = key_of(ctx, path, false);
+		char *key = fs_key_of(ctx, path, false);
 		char target[PATH_MAX];
 		size_t got = 0;
 		s3_error err;
-		s3_get_params gp = { .if_match = e.etag };
+		s3_get_params gp = {.if_match = e.etag};
 		r = key ? s3_get_object_buf(ctx->s3, key, &gp, target, sizeof(target) - 1, &got,
 		                            NULL, &err)
 		        : -ENOMEM;
@@ -716,10 +744,10 @@ static int fs_access(const char *path, int mask)
 	meta_entry e;
 	int r;
 
-	r = lookup(ctx, path, &e);
+	r = fs_lookup(ctx, path, &e);
 	if (r)
 		return r;
-	fill_stat(ctx, &e, &st);
+	fs_fill_stat(ctx, &e, &st);
 	meta_entry_clear(&e);
 	if ((mask & W_OK) && ctx->ro)
 		return -EROFS;
@@ -764,40 +792,10 @@ char *fs_stats_text(struct fs_ctx *ctx)
 	             s.requests[S3_REQ_PUT], s.requests[S3_REQ_COPY], s.requests[S3_REQ_DELETE],
 	             s.requests[S3_REQ_MULTIPART], s.requests[S3_REQ_OTHER], s.retries, s.errors,
 	             s.bytes_down, s.bytes_up, c.hit_bytes, c.miss_bytes, c.stream_bytes,
-	             c.evicted_bytes, c.current_bytes, c.cap_bytes, c.prefetch_count,
-	             c.dirty_bytes, entries) < 0)
+	             c.evicted_bytes, c.current_bytes, c.cap_bytes, c.prefetch_count, c.dirty_bytes,
+	             entries) < 0)
 		return NULL;
 	return out;
-}
-
-static int fs_getxattr(const char *path, const char *name, char *value, size_t size)
-{
-	struct fs_ctx *ctx = fs_ctx_get();
-
-	if (strcmp(path, "/") == 0 && strcmp(name, FS_STATS_XATTR) == 0) {
-		char *text = fs_stats_text(ctx);
-		size_t len;
-		if (!text)
-			return -ENOMEM;
-		len = strlen(text);
-		if (size && len > size) {
-			free(text);
-			return -ERANGE;
-		}
-		if (size)
-			memcpy(value, text, len);
-		free(text);
-		return (int)len;
-	}
-	return -ENODATA;
-}
-
-static int fs_listxattr(const char *path, char *list, size_t size)
-{
-	(void)path;
-	(void)list;
-	(void)size;
-	return 0;
 }
 
 /* ---------------------------------------------------------------- fetch */
@@ -806,7 +804,7 @@ int fs_fetch(void *arg, const char *key, const char *etag, uint64_t off, uint64_
              uint64_t fd_off)
 {
 	struct fs_ctx *ctx = arg;
-	s3_get_params gp = { .offset = off, .length = len, .if_match = etag && *etag ? etag : NULL };
+	s3_get_params gp = {.offset = off, .length = len, .if_match = etag && *etag ? etag : NULL};
 	uint64_t got = 0;
 	s3_error err;
 	int r;
@@ -829,7 +827,12 @@ static void *fs_init(struct fuse_conn_info *conn, struct fuse_config *cfg)
 {
 	(void)conn;
 	cfg->use_ino = 0;
-	cfg->nullpath_ok = 0;
+	/* An open file that is unlinked is renamed by libfuse to .fuse_hidden*
+	 * (hard_remove would make fstat and ftruncate on it fail); fs_rename
+	 * turns that rename into a delete in S3 and keeps the file in memory.
+	 * Handle operations need no path: they get NULL. */
+	cfg->hard_remove = 0;
+	cfg->nullpath_ok = 1;
 	/* The index answers quickly; keep the kernel's attribute cache short so
 	 * that a relisting after list_ttl shows through. */
 	cfg->entry_timeout = 1.0;
@@ -840,16 +843,42 @@ static void *fs_init(struct fuse_conn_info *conn, struct fuse_config *cfg)
 	return fuse_get_context()->private_data;
 }
 
+static void fs_destroy(void *private_data)
+{
+	/* Unmount: wait (bounded) for uploads; what remains stays journaled. */
+	fs_wb_stop(private_data);
+}
+
 const struct fuse_operations fs_operations = {
-	.init = fs_init,
-	.getattr = fs_getattr,
-	.readdir = fs_readdir,
-	.open = fs_open,
-	.read = fs_read,
-	.release = fs_release,
-	.readlink = fs_readlink,
-	.statfs = fs_statfs,
-	.access = fs_access,
-	.getxattr = fs_getxattr,
-	.listxattr = fs_listxattr,
+        .init = fs_init,
+        .destroy = fs_destroy,
+        .getattr = fs_getattr,
+        .opendir = fs_opendir,
+        .readdir = fs_readdir,
+        .releasedir = fs_releasedir,
+        .open = fs_open,
+        .create = fs_create,
+        .read = fs_read,
+        .write = fs_write,
+        .truncate = fs_truncate,
+        .flush = fs_flush,
+        .fsync = fs_fsync,
+        .release = fs_release,
+        .mknod = fs_mknod,
+        .mkdir = fs_mkdir,
+        .unlink = fs_unlink,
+        .rmdir = fs_rmdir,
+        .symlink = fs_symlink,
+        .readlink = fs_readlink,
+        .rename = fs_rename,
+        .link = fs_link,
+        .chmod = fs_chmod,
+        .chown = fs_chown,
+        .utimens = fs_utimens,
+        .statfs = fs_statfs,
+        .access = fs_access,
+        .setxattr = fs_setxattr,
+        .getxattr = fs_getxattr,
+        .listxattr = fs_listxattr,
+        .removexattr = fs_removexattr,
 };

@@ -133,11 +133,11 @@ static const struct fs_opt fs_opts[] = {
          "parts of one upload in flight at once"},
         {"use_sse", FS_OPT_SSE, FS_GROUP_S3, FS_OFF(sse), 0, 0, 0, "[TYPE]", "off",
          "SSE-S3, or =kmsid[:KEYID] (SSE-KMS), =custom[:FILE] (SSE-C)"},
-        {"load_sse_c", FS_OPT_PATH, FS_GROUP_S3, FS_OFF(sse_c_key_file), 0, 0, 0, "FILE", NULL,
+        {"load_sse_c", FS_OPT_PATH, FS_GROUP_S3, FS_OFF(sse_c_key_file), 0, 0, 0, "FILE", "none",
          "SSE-C key file for use_sse=custom (32 bytes, raw or base64)"},
 
         /* Credentials */
-        {"passwd_file", FS_OPT_PATH, FS_GROUP_CREDS, FS_OFF(passwd_file), 0, 0, 0, "FILE", NULL,
+        {"passwd_file", FS_OPT_PATH, FS_GROUP_CREDS, FS_OFF(passwd_file), 0, 0, 0, "FILE", "none",
          "ACCESS_KEY:SECRET_KEY file, tried first; must be private"},
         {"profile", FS_OPT_STR, FS_GROUP_CREDS, FS_OFF(profile), 0, 0, 0, "NAME",
          "$AWS_PROFILE, else default", "profile in ~/.aws/credentials and ~/.aws/config"},
@@ -176,6 +176,11 @@ static const struct fs_opt fs_opts[] = {
          "SIZE", "1M", "objects this small are fetched by one GET, not a HEAD; 0: never"},
         {"max_dirty", FS_OPT_SIZE, FS_GROUP_CACHE, FS_OFF(max_dirty), 0, FS_MIB, UINT64_MAX / 2,
          "SIZE", "1G", "written data staged but not yet uploaded; writers wait beyond it"},
+        {"async_close_max", FS_OPT_SIZE, FS_GROUP_CACHE, FS_OFF(async_close_max), 0, 0,
+         5 * FS_GIB, "SIZE", "1M",
+         "smaller files upload after close returns; 0: every close waits"},
+        {"sync_upload", FS_OPT_FLAG, FS_GROUP_CACHE, FS_OFF(sync_upload), 0, 0, 0, NULL, "off",
+         "every close waits for its upload (async_close_max=0)"},
 
         /* Logging and stats */
         {"dbglevel", FS_OPT_LEVEL, FS_GROUP_LOG, FS_OFF(log_level), FS_OFF(log_level_set), 0, 0,
@@ -311,6 +316,7 @@ void fs_config_init(struct fs_config *cfg)
 	cfg->list_ttl = FS_DEF_LIST_TTL;
 	cfg->small_file_size = FS_DEF_SMALL_FILE_SIZE;
 	cfg->max_dirty = FS_DEF_MAX_DIRTY;
+	cfg->async_close_max = FS_MIB;
 	cfg->log_level = FS_LOG_WARNING;
 	cfg->max_threads = FS_DEF_MAX_THREADS;
 }

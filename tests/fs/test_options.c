@@ -224,6 +224,7 @@ static void test_defaults(void)
 	CHECK(cfg.prefetch == 8 && cfg.prefetch_parallel == 4);
 	CHECK(cfg.list_ttl == 60 && cfg.small_file_size == 1 << 20);
 	CHECK(cfg.max_dirty == 1ULL << 30);
+	CHECK(cfg.async_close_max == 1 << 20 && !cfg.sync_upload);
 	CHECK(cfg.log_level == FS_LOG_WARNING && !cfg.log_level_set && !cfg.logfile);
 	CHECK(cfg.stats_interval == 0);
 	CHECK(!cfg.foreground && !cfg.debug && !cfg.single_thread && !cfg.clone_fd);
@@ -270,7 +271,8 @@ static void test_every_option(void)
 	             "-o",
 	             "passwd_file=/etc/pw,profile=backup,uid=1234,gid=567,umask=0077,mp_umask=027,"
 	             "ro,cache_dir=/var/tmp/c,cache_size=8M,block_size=256K,prefetch=0,"
-	             "prefetch_parallel=2,list_ttl=0,small_file_size=64KiB,max_dirty=2G",
+	             "prefetch_parallel=2,list_ttl=0,small_file_size=64KiB,max_dirty=2G,"
+	             "async_close_max=0,sync_upload",
 	             "-o",
 	             "dbglevel=info,logfile=/var/log/b.log,stats_interval=300,allow_other,"
 	             "nonempty,max_threads=20,clone_fd,kernel_cache,max_read=131072",
@@ -297,6 +299,7 @@ static void test_every_option(void)
 	CHECK(cfg.prefetch == 0 && cfg.prefetch_parallel == 2);
 	CHECK(cfg.list_ttl == 0 && cfg.small_file_size == 64 << 10);
 	CHECK(cfg.max_dirty == 2ULL << 30);
+	CHECK(cfg.async_close_max == 0 && cfg.sync_upload);
 	CHECK(cfg.log_level == FS_LOG_INFO && cfg.log_level_set);
 	CHECK_STR(cfg.logfile, "/var/log/b.log");
 	CHECK(cfg.stats_interval == 300);
@@ -560,6 +563,8 @@ static void test_help_lists_every_option(void)
 	        "stat_cache_expire=",
 	        "small_file_size=",
 	        "max_dirty=",
+	        "async_close_max=",
+	        "sync_upload",
 	        "dbglevel=",
 	        "logfile=",
 	        "stats_interval=",
