@@ -88,6 +88,17 @@ else
   step "deps (tools/deps.sh)" bash tools/deps.sh || deps_ok=0
 fi
 
+# ----------------------------------------------------------------- 1b. format
+# Every C file is formatted with the checked-in .clang-format.
+check_format() {
+  git ls-files '*.c' '*.h' | xargs clang-format --dry-run -Werror
+}
+if command -v clang-format >/dev/null && [ -d .git ]; then
+  step "clang-format --dry-run" check_format
+else
+  skip "clang-format --dry-run" "no clang-format or not a git checkout"
+fi
+
 # ----------------------------------------------------------------- 2. build-ci
 ci_ok=0
 if [ $deps_ok = 1 ]; then
@@ -127,7 +138,7 @@ if [ $ci_ok = 1 ]; then
   # Tests that can use sanitized binaries (the s3 fault tests) take them here.
   [ $asan_ok = 1 ] && export BUCKETFS_ASAN_BUILD=$ROOT/build-asan
   # shellcheck disable=SC2086
-  step "pytest tests/" $PY -m pytest -x -v -p no:cacheprovider \
+  step "pytest tests/" $PY -m pytest -x -v -p no:cacheprovider --durations=40 \
     --basetemp="$RUN_TMP/pytest" tests/ ${BUCKETFS_PYTEST_ARGS:-}
 else
   skip "pytest tests/" "build-ci failed"

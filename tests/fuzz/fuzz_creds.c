@@ -127,8 +127,9 @@ static void fuzz_ini(char *buf, size_t len, bool config, bool dev)
 static void fuzz_json(const char *buf, size_t len)
 {
 	struct creds_json_field f[] = {
-	        {"AccessKeyId", NULL}, {"SecretAccessKey", NULL}, {"Token", NULL},
-	        {"Expiration", NULL},  {"Code", NULL},
+	        {"AccessKeyId", NULL}, {"SecretAccessKey", NULL},
+	        {"Token", NULL},       {"Expiration", NULL},
+	        {"Code", NULL},
 	};
 	const size_t nf = sizeof(f) / sizeof(f[0]);
 	int r = creds_json_fields(buf, len, f, nf);
