@@ -144,6 +144,19 @@ else
   skip "pytest tests/" "build-ci failed"
 fi
 
+# ----------------------------------------------------------------- 5. bench
+# The benchmark in its quick mode: it must complete and print its table
+# (bucketfs vs s3fs-fuse vs rclone mount); timings are not asserted here.
+bench_quick() {
+  BUCKETFS_BUILD=$ROOT/build-ci sh tests/bench/run.sh --quick --out "$RUN_TMP/bench-quick.md" &&
+    cat "$RUN_TMP/bench-quick.md"
+}
+if [ $ci_ok = 1 ]; then
+  step "bench: tests/bench/run.sh --quick" bench_quick
+else
+  skip "bench --quick" "build-ci failed"
+fi
+
 echo
 echo "=================================================================="
 echo "== summary"
