@@ -17,12 +17,16 @@
 #include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include "internal.h"
 
 /* How many LRU stamps may wait in memory before they are saved. */
 #define CACHE_TOUCHED_MAX 4096
+
+/* Disk space kept free on the cache's file system: 1% of it, at least this. */
+#define CACHE_DISK_RESERVE_MIN (2ULL << 20)
 
 void cache_log(cache *c, int level, const char *fmt, ...)
 {
@@ -480,15 +484,13 @@ void cache_blk_discard(cache *c, struct cache_blk *b)
 	free(b);
 }
 
-/* Removes a present, unpinned block: forgotten first, then punched, so a
- * crash in between leaves unrecorded data, which the next open punches. */
-static void cache_blk_free(cache *c, struct cache_blk *b)
+/* Punches out a present, unpinned block whose row is gone (forgotten by
+ * the caller, or its object is dead) and frees it. */
+static void cache_blk_release(cache *c, struct cache_blk *b)
 {
 	struct cache_obj *o = b->obj;
 	int fd = o->fd;
 
-	if (!o->dead && cache_db_delete_blk(c, o->id, b->idx))
-		cache_log(c, CACHE_LOG_WARNING, "cache: could not forget a block of %s", o->key);
 	if (fd < 0)
 		fd = open(o->path, O_RDWR | O_CLOEXEC);
 	if (fd >= 0) {
@@ -500,6 +502,13 @@ static void cache_blk_free(cache *c, struct cache_blk *b)
 	}
 	cache_blk_detach(c, b);
 	free(b);
+}
+
+/* Removes a present, unpinned block of a dead object (its rows and its file
+ * name are gone already). */
+static void cache_blk_free(cache *c, struct cache_blk *b)
+{
+	cache_blk_release(c, b);
 }
 
 /* Stamps b as most recently used, to be saved with the next batch. */
@@ -532,24 +541,91 @@ void cache_blk_unpin(cache *c, struct cache_blk *b)
 	cache_list_add(&c->lru, &b->lru);
 }
 
-/* Evicts least recently used blocks until `need` more bytes fit under the
- * cap.  False when the unpinned blocks do not suffice. */
-bool cache_evict_until(cache *c, uint64_t need)
+/* Evicts the least recently used unpinned block: forgotten first, then
+ * punched, so a crash in between leaves unrecorded data, which the next open
+ * punches.  If the index cannot forget it (a full disk), the data must stay
+ * while the row does: the whole object goes instead, its file unlinked, so
+ * that the next open forgets the rows whose file is gone.  False when the LRU
+ * is empty. */
+static bool cache_evict_one(cache *c)
 {
-	while (c->cur_bytes + need > c->cfg.size) {
-		struct cache_blk *b;
-		struct cache_obj *o;
+	struct cache_blk *b;
+	struct cache_obj *o;
+	uint64_t before = c->cur_bytes;
 
-		if (cache_list_empty(&c->lru))
-			return false;
-		b = cache_container_of(c->lru.prev, struct cache_blk, lru);
-		o = b->obj;
-		c->st.evicted_bytes += b->charge;
-		cache_blk_free(c, b);
+	if (cache_list_empty(&c->lru))
+		return false;
+	b = cache_container_of(c->lru.prev, struct cache_blk, lru);
+	o = b->obj;
+	if (cache_db_delete_blk(c, o->id, b->idx)) {
+		cache_log(c, CACHE_LOG_WARNING,
+		          "cache: could not forget a block of %s; dropping the object", o->key);
+		cache_obj_drop(c, o); /* frees b, maybe o */
+	} else {
+		cache_blk_release(c, b);
 		if (o->nblk == 0 && o->refs == 0)
 			cache_obj_free(c, o);
 	}
+	c->st.evicted_bytes += before - c->cur_bytes;
 	return true;
+}
+
+/* Free bytes on the cache's file system, or UINT64_MAX when unknown. */
+static uint64_t cache_disk_avail(cache *c)
+{
+	struct statvfs sv;
+
+	if (!c->reserve || statvfs(c->dir, &sv) < 0)
+		return UINT64_MAX;
+	return (uint64_t)sv.f_bavail * sv.f_frsize;
+}
+
+/* Evicts least recently used blocks until `need` more bytes fit under the
+ * cap and on the disk: the disk keeps c->reserve free beyond the blocks
+ * being fetched and `need`.  False when the unpinned blocks do not suffice. */
+bool cache_evict_until(cache *c, uint64_t need)
+{
+	while (c->cur_bytes + need > c->cfg.size)
+		if (!cache_evict_one(c))
+			return false;
+	if (!c->reserve)
+		return true;
+	for (;;) {
+		uint64_t avail = cache_disk_avail(c);
+
+		if (avail == UINT64_MAX || avail >= c->fetching_bytes + need + c->reserve)
+			return true;
+		if (!cache_evict_one(c))
+			return false;
+	}
+}
+
+/* See cache_make_room(); c->lock held. */
+int cache_make_room_locked(cache *c, uint64_t bytes)
+{
+	uint64_t avail = cache_disk_avail(c), freed = 0;
+
+	/* At least `bytes` of content even when statvfs shows room (a quota,
+	 * or space taken meanwhile), then on to the reserve. */
+	while (freed < bytes || avail < bytes + c->reserve) {
+		uint64_t before = c->cur_bytes;
+
+		if (!cache_evict_one(c))
+			break;
+		freed += before - c->cur_bytes;
+		avail = cache_disk_avail(c);
+	}
+	return freed >= bytes && avail >= bytes ? 0 : -ENOSPC;
+}
+
+int cache_make_room(cache *c, uint64_t bytes)
+{
+	int rc;
+
+	pthread_mutex_lock(&c->lock);
+	rc = cache_make_room_locked(c, bytes);
+	pthread_mutex_unlock(&c->lock);
+	return rc;
 }
 
 enum cache_acq {
@@ -602,18 +678,17 @@ static int cache_blk_acquire(cache *c, struct cache_obj *o, uint64_t idx, bool w
 		return -ENOMEM;
 	o->meta_charge += extra;
 	c->cur_bytes += data + extra;
+	c->fetching_bytes += data;
 	b->pins = 1;
 	*out = b;
 	return CACHE_ACQ_FETCH;
 }
 
-/* Fills a reserved block (from `data`, or else the fetch callback), syncs
- * it, records it and wakes its waiters.  Called without c->lock; b stays
- * pinned either way.  Returns 0 or -errno (b is then BLK_FAILED). */
-static int cache_blk_fill(cache *c, struct cache_blk *b, const void *data)
+/* Writes the block's bytes into o's file (from `data`, or else the fetch
+ * callback) and syncs them.  Called without c->lock. */
+static int cache_blk_write(cache *c, struct cache_obj *o, uint64_t off, uint64_t len,
+                           const void *data)
 {
-	struct cache_obj *o = b->obj;
-	uint64_t off = b->idx * c->bs, len = cache_blk_len(o, c->bs, b->idx);
 	int rc = 0;
 
 	if (data) {
@@ -638,8 +713,57 @@ static int cache_blk_fill(cache *c, struct cache_blk *b, const void *data)
 	}
 	if (!rc && !c->cfg.no_sync && fdatasync(o->fd) < 0)
 		rc = -errno;
+	return rc;
+}
+
+/* Fills a reserved block (from `data`, or else the fetch callback), syncs
+ * it, records it and wakes its waiters.  Called without c->lock; b stays
+ * pinned either way.  A full disk (writing the data, or recording it) makes
+ * room by evicting and tries once more; if that fails too, the block fails
+ * with -ENOSPC, which readers answer by streaming.  Returns 0 or -errno (b
+ * is then BLK_FAILED). */
+static int cache_blk_fill(cache *c, struct cache_blk *b, const void *data)
+{
+	struct cache_obj *o = b->obj;
+	uint64_t off = b->idx * c->bs, len = cache_blk_len(o, c->bs, b->idx);
+	int rc;
+
+	for (int attempt = 0;; attempt++) {
+		bool retry;
+
+		rc = cache_blk_write(c, o, off, len, data);
+		if (!cache_nospace(rc) || attempt > 0)
+			break;
+		pthread_mutex_lock(&c->lock);
+		/* What was written must not count as present, and its space
+		 * is needed. */
+		(void)cache_punch(c, o->fd, off, c->bs);
+		retry = cache_make_room_locked(c, cache_round_up(len)) == 0;
+		pthread_mutex_unlock(&c->lock);
+		if (!retry)
+			break;
+		cache_log(c, CACHE_LOG_INFO, "cache: disk full; evicted to fit a block of %s",
+		          o->key);
+	}
 
 	pthread_mutex_lock(&c->lock);
+	c->fetching_bytes -= b->charge;
+	if (!rc && !o->dead) {
+		int r = cache_db_insert_blk(c, o->id, b->idx, c->seq + 1);
+
+		if (cache_nospace(r) && cache_make_room_locked(c, 0) == 0)
+			r = cache_db_insert_blk(c, o->id, b->idx, c->seq + 1);
+		if (cache_nospace(r)) {
+			/* Not recorded, and the disk is full: give the
+			 * space back rather than keep unrecorded data. */
+			rc = r;
+		} else if (r) {
+			cache_log(c, CACHE_LOG_WARNING,
+			          "cache: could not record a block of %s; it will be refetched "
+			          "after a restart",
+			          o->key);
+		}
+	}
 	if (rc) {
 		/* Under the lock, so no new fetch of this block can start
 		 * writing before the partial data is gone. */
@@ -647,16 +771,15 @@ static int cache_blk_fill(cache *c, struct cache_blk *b, const void *data)
 		cache_blk_detach(c, b);
 		b->state = BLK_FAILED;
 		b->err = rc;
-		c->st.fetch_errors += !data;
+		if (cache_nospace(rc))
+			cache_log(c, CACHE_LOG_INFO,
+			          "cache: disk full; a block of %s is not cached", o->key);
+		else
+			c->st.fetch_errors += !data;
 	} else {
 		b->state = BLK_PRESENT;
 		if (!data)
 			c->st.miss_bytes += len;
-		if (!o->dead && cache_db_insert_blk(c, o->id, b->idx, c->seq + 1))
-			cache_log(c, CACHE_LOG_WARNING,
-			          "cache: could not record a block of %s; it will be refetched "
-			          "after a restart",
-			          o->key);
 	}
 	pthread_cond_broadcast(&c->cond);
 	pthread_mutex_unlock(&c->lock);
@@ -681,15 +804,17 @@ static int cache_pread_full(int fd, void *buf, size_t len, uint64_t off)
 	return 0;
 }
 
-/* No room in the cache: fetch just the bytes asked for into memory. */
-static int cache_stream(cache *c, struct cache_obj *o, uint64_t off, size_t len, void *buf)
+/* No room in the cache (or on its disk): fetch just the bytes asked for
+ * into memory. */
+static int cache_stream(cache *c, const char *key, const char *etag, uint64_t off, size_t len,
+                        void *buf)
 {
 	int fd = memfd_create("bucketfs-stream", MFD_CLOEXEC);
 	int rc;
 
 	if (fd < 0)
 		return -errno;
-	rc = c->cfg.fetch(c->cfg.fetch_ctx, o->key, o->etag, off, len, fd, 0);
+	rc = c->cfg.fetch(c->cfg.fetch_ctx, key, etag, off, len, fd, 0);
 	if (rc > 0)
 		rc = -EIO;
 	if (!rc)
@@ -718,8 +843,10 @@ static int cache_read_block(cache *c, struct cache_obj *o, uint64_t idx, uint64_
 	if (rc == CACHE_ACQ_HIT)
 		c->st.hit_bytes += len;
 	pthread_mutex_unlock(&c->lock);
-	if (rc == CACHE_ACQ_NOROOM)
-		return cache_stream(c, o, off, len, buf);
+	/* No room, or the disk filled up under the fetch (ours or the one we
+	 * waited for): serve the read without caching. */
+	if (rc == CACHE_ACQ_NOROOM || cache_nospace(rc))
+		return cache_stream(c, o->key, o->etag, off, len, buf);
 	if (rc < 0)
 		return rc;
 	if (rc == CACHE_ACQ_FETCH)
@@ -731,6 +858,8 @@ static int cache_read_block(cache *c, struct cache_obj *o, uint64_t idx, uint64_
 	pthread_mutex_lock(&c->lock);
 	cache_blk_unpin(c, b);
 	pthread_mutex_unlock(&c->lock);
+	if (cache_nospace(rc))
+		return cache_stream(c, o->key, o->etag, off, len, buf);
 	return rc;
 }
 
@@ -793,10 +922,18 @@ ssize_t cache_read_common(cache *c, cache_reader *r, const char *key, const char
 
 	pthread_mutex_lock(&c->lock);
 	o = cache_obj_get(c, key, etag, size, CACHE_GET_READ);
+	rc = o ? 0 : -errno;
+	if (cache_nospace(rc) && cache_make_room_locked(c, 0) == 0) {
+		o = cache_obj_get(c, key, etag, size, CACHE_GET_READ);
+		rc = o ? 0 : -errno;
+	}
 	if (!o) {
-		rc = -errno;
 		pthread_mutex_unlock(&c->lock);
-		return rc;
+		/* The index (or the object's file) cannot be written: the
+		 * disk is full and nothing is left to evict. */
+		if (cache_nospace(rc))
+			rc = cache_stream(c, key, etag, off, len, buf);
+		return rc ? rc : (ssize_t)len;
 	}
 	if (r)
 		cache_reader_schedule(r, o, off, len);
@@ -841,7 +978,7 @@ int cache_put(cache *c, const char *key, const char *etag, uint64_t size, uint64
 	if (!o) {
 		rc = -errno;
 		pthread_mutex_unlock(&c->lock);
-		return rc;
+		return cache_nospace(rc) ? 0 : rc; /* no room: nothing stored */
 	}
 	for (idx = (off + c->bs - 1) / c->bs; idx * c->bs < end; idx++) {
 		uint64_t start = idx * c->bs, blen = cache_blk_len(o, c->bs, idx);
@@ -859,6 +996,10 @@ int cache_put(cache *c, const char *key, const char *etag, uint64_t size, uint64
 		rc = cache_blk_fill(c, b, (const char *)data + (start - off));
 		pthread_mutex_lock(&c->lock);
 		cache_blk_unpin(c, b);
+		if (cache_nospace(rc)) {
+			rc = 0; /* no room on the disk: the rest is skipped */
+			break;
+		}
 		if (rc)
 			break;
 	}
@@ -1025,6 +1166,16 @@ int cache_open(const cache_config *cfg, cache **out)
 	rc = cache_probe_punch(c);
 	if (rc)
 		goto fail;
+	{
+		struct statvfs sv;
+
+		if (statvfs(c->dir, &sv) == 0 && sv.f_frsize) {
+			uint64_t total = (uint64_t)sv.f_blocks * sv.f_frsize;
+
+			c->reserve = total / 100 > CACHE_DISK_RESERVE_MIN ? total / 100
+			                                                  : CACHE_DISK_RESERVE_MIN;
+		}
+	}
 	rc = cache_db_open(c);
 	if (rc)
 		goto fail;

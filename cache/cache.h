@@ -25,6 +25,20 @@
  *    blocks (ext4/XFS keep a few extents in the inode, the rest in tree
  *    blocks), so st_blocks * 512 of the object files never exceeds the cap.
  *    The index database and directories are not counted.
+ *  - The disk is a second, lower cap when it is fuller than the cap assumes
+ *    (the cap bigger than the disk, or staged files, the metadata index or
+ *    anything else on the same file system taking space): before a block is
+ *    reserved, least recently used blocks are evicted until the file system
+ *    (statvfs f_bavail) has room for it, for the blocks being fetched, and a
+ *    reserve of max(1% of the file system, 2 MiB), so the cache shrinks
+ *    before the disk fills and the index and staged writes can still grow.
+ *    When nothing is left to evict the read is streamed.
+ *  - A full disk (ENOSPC or EDQUOT writing a fetched block, syncing it, or
+ *    recording it in the index) never fails a read: the partial block is
+ *    punched out, clean blocks are evicted to make room on the disk, the
+ *    block is tried once more, and if it still does not fit the read is
+ *    streamed.  Staging (cache_stage_open's fill, cache_stage_commit) also
+ *    evicts and retries once before it fails with -ENOSPC.
  *  - At most one fetch of a given block is in flight: concurrent readers of a
  *    missing block wait for the one fetch.  No cache-wide lock is held while
  *    the fetch callback runs.
@@ -124,16 +138,27 @@ void cache_close(cache *c);
 /* Reads up to `len` bytes at `off` of the object (key, etag, size), fetching
  * the missing blocks.  Returns the number of bytes read (short only at the
  * end of the object, 0 at or past it) or a negative errno from the fetch
- * callback or local I/O; nothing of a failed fetch is cached. */
+ * callback or local I/O; nothing of a failed fetch is cached.  A full disk
+ * is not an error: the bytes are streamed. */
 ssize_t cache_read(cache *c, const char *key, const char *etag, uint64_t size, uint64_t off,
                    size_t len, void *buf) CACHE_WARN_UNUSED;
 
 /* Inserts content obtained elsewhere (a whole small object from a GET): the
  * blocks that [off, off + len) covers completely (the last block of the
  * object may end at `size`) and that are not yet cached.  Blocks that find
- * no room under the cap are skipped.  Returns 0 or -errno. */
+ * no room under the cap or on the disk are skipped.  Returns 0 or -errno. */
 int cache_put(cache *c, const char *key, const char *etag, uint64_t size, uint64_t off,
               const void *data, size_t len) CACHE_WARN_UNUSED;
+
+/* Frees disk space for a writer outside the cache that got ENOSPC or EDQUOT
+ * on the cache's file system (a staged write, the metadata index): evicts
+ * least recently used clean blocks, regardless of the cap, at least `bytes`
+ * of them (statvfs does not see quotas), and more until the file system has
+ * `bytes` plus the reserve free or nothing more can go.  Staged files and
+ * blocks in use are never evicted.  Returns 0 when it evicted `bytes` and
+ * the file system shows them free (worth retrying the write), -ENOSPC when
+ * not.  With bytes == 0 it only restores the reserve, and returns 0. */
+int cache_make_room(cache *c, uint64_t bytes) CACHE_WARN_UNUSED;
 
 /* Drops everything cached for `key` (not its staged file).  Readers in the
  * middle of a block finish it; their next read fetches again. */

@@ -29,14 +29,26 @@ static const char cache_schema[] =
         " seq INTEGER NOT NULL, PRIMARY KEY(obj, idx)) WITHOUT ROWID;"
         "CREATE TABLE IF NOT EXISTS staged(key TEXT PRIMARY KEY, file TEXT NOT NULL);";
 
+/* -ENOSPC for a full disk (the callers then free space and retry), else
+ * -EIO. */
+static int cache_db_errno(cache *c, int rc)
+{
+	int sys = sqlite3_system_errno(c->db);
+
+	if ((rc & 0xff) == SQLITE_FULL || sys == ENOSPC || sys == EDQUOT)
+		return -ENOSPC;
+	return -EIO;
+}
+
 int cache_db_exec(cache *c, const char *sql)
 {
 	char *msg = NULL;
+	int rc = sqlite3_exec(c->db, sql, NULL, NULL, &msg);
 
-	if (sqlite3_exec(c->db, sql, NULL, NULL, &msg) != SQLITE_OK) {
+	if (rc != SQLITE_OK) {
 		cache_log(c, CACHE_LOG_ERR, "cache: index: %s", msg ? msg : "error");
 		sqlite3_free(msg);
-		return -EIO;
+		return cache_db_errno(c, rc);
 	}
 	return 0;
 }
@@ -57,12 +69,16 @@ static int cache_db_run(cache *c, sqlite3_stmt *st, const char *fmt, ...)
 	}
 	va_end(ap);
 	rc = sqlite3_step(st);
+	if (rc != SQLITE_DONE && rc != SQLITE_ROW) {
+		int err = cache_db_errno(c, rc);
+
+		cache_log(c, CACHE_LOG_ERR, "cache: index: %s", sqlite3_errmsg(c->db));
+		sqlite3_reset(st);
+		sqlite3_clear_bindings(st);
+		return err;
+	}
 	sqlite3_reset(st);
 	sqlite3_clear_bindings(st);
-	if (rc != SQLITE_DONE && rc != SQLITE_ROW) {
-		cache_log(c, CACHE_LOG_ERR, "cache: index: %s", sqlite3_errmsg(c->db));
-		return -EIO;
-	}
 	return 0;
 }
 
@@ -129,8 +145,11 @@ int cache_db_open(cache *c)
 			return rc;
 	}
 
+	/* OR REPLACE: a row left by an object whose forgetting failed (a full
+	 * disk) must not block the key; its block rows are orphans, dropped at
+	 * the next open, and its file is gone. */
 	rc = cache_db_prepare(c, &c->st_ins_obj,
-	                      "INSERT INTO objects(key, etag, size) VALUES(?, ?, ?)");
+	                      "INSERT OR REPLACE INTO objects(key, etag, size) VALUES(?, ?, ?)");
 	if (!rc)
 		rc = cache_db_prepare(c, &c->st_del_obj, "DELETE FROM objects WHERE id = ?");
 	if (!rc)

@@ -23,6 +23,7 @@
 #ifndef BUCKETFS_CACHE_INTERNAL_H
 #define BUCKETFS_CACHE_INTERNAL_H
 
+#include <errno.h>
 #include <pthread.h>
 #include <sqlite3.h>
 
@@ -158,6 +159,9 @@ struct cache {
 	uint64_t seq;
 
 	uint64_t cur_bytes;
+	uint64_t fetching_bytes; /* charge of BLK_FETCHING blocks: reserved, not
+	                            yet (all) on disk */
+	uint64_t reserve;        /* disk space kept free; 0: no statvfs */
 	cache_stats st;
 
 	/* prefetch pool */
@@ -199,6 +203,13 @@ void cache_blk_touch(cache *c, struct cache_blk *b);
 void cache_blk_unpin(cache *c, struct cache_blk *b);
 int cache_punch(cache *c, int fd, uint64_t off, uint64_t len);
 bool cache_evict_until(cache *c, uint64_t need);
+int cache_make_room_locked(cache *c, uint64_t bytes);
+
+/* An error that means the cache's disk (or quota) is full. */
+static inline bool cache_nospace(int rc)
+{
+	return rc == -ENOSPC || rc == -EDQUOT;
+}
 int cache_fetch_block(cache *c, struct cache_obj *o, uint64_t idx, bool prefetch);
 
 /* db.c */

@@ -177,12 +177,24 @@ static int cache_stage_fill(cache *c, const char *key, const char *etag, uint64_
 		if (b) {
 			rc = cache_copy_range(o->fd, fd, off, len);
 			pthread_mutex_lock(&c->lock);
+			/* b is pinned: the room is made elsewhere. */
+			if (cache_nospace(rc) && cache_make_room_locked(c, len) == 0) {
+				pthread_mutex_unlock(&c->lock);
+				rc = cache_copy_range(o->fd, fd, off, len);
+				pthread_mutex_lock(&c->lock);
+			}
 			cache_blk_unpin(c, b);
 			pthread_mutex_unlock(&c->lock);
 		} else {
 			rc = c->cfg.fetch(c->cfg.fetch_ctx, key, etag, off, len, fd, off);
 			if (rc > 0)
 				rc = -EIO;
+			if (cache_nospace(rc) && cache_make_room(c, len) == 0) {
+				/* Cached blocks gave their space: once more. */
+				rc = c->cfg.fetch(c->cfg.fetch_ctx, key, etag, off, len, fd, off);
+				if (rc > 0)
+					rc = -EIO;
+			}
 			pthread_mutex_lock(&c->lock);
 			if (rc)
 				c->st.fetch_errors++;
@@ -228,6 +240,8 @@ int cache_stage_open(cache *c, const char *key, const char *etag, uint64_t size,
 	}
 	e->filling = true;
 	rc = cache_db_insert_stage(c, key, hex);
+	if (cache_nospace(rc) && cache_make_room_locked(c, 0) == 0)
+		rc = cache_db_insert_stage(c, key, hex);
 	pthread_mutex_unlock(&c->lock);
 	if (rc)
 		goto fail;
@@ -337,6 +351,8 @@ int cache_stage_commit(cache *c, const char *key, const char *etag, uint64_t siz
 	if (o)
 		cache_obj_drop(c, o);
 	rc = cache_obj_create(c, key, etag, size, false, &o);
+	if (cache_nospace(rc) && cache_make_room_locked(c, 0) == 0)
+		rc = cache_obj_create(c, key, etag, size, false, &o);
 	if (rc)
 		goto out;
 	{
@@ -357,6 +373,8 @@ int cache_stage_commit(cache *c, const char *key, const char *etag, uint64_t siz
 	o->refs = 1;
 	o->fd = open(o->path, O_RDWR | O_CLOEXEC);
 	rc = o->fd < 0 ? -errno : cache_stage_adopt(c, o, key);
+	if (cache_nospace(rc) && cache_make_room_locked(c, 0) == 0)
+		rc = cache_stage_adopt(c, o, key);
 	if (rc) {
 		/* Back to staging, so nothing the writer wrote is lost. */
 		if (rename(o->path, e->path) < 0)

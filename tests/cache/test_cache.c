@@ -16,7 +16,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -112,9 +114,26 @@ struct fake {
 	/* offsets fetched, in order of the calls */
 	uint64_t log_off[4096]; /* under lock */
 	atomic_int nlog;
+	/* A simulated full disk: a fetch that would take the object files of
+	 * disk_dir past disk_limit bytes (measured with st_blocks, so punched
+	 * blocks give their space back) writes half and fails with ENOSPC, as
+	 * the real callback does when its pwrite fails. */
+	uint64_t disk_limit;
+	char disk_dir[256];
+	atomic_int nospace; /* fetches that failed so */
 };
 
 static struct fake fk;
+
+static uint64_t du_objects(const char *dir);
+
+/* Whether fd is a file on dir's file system (not a streaming memfd). */
+static bool on_disk(int fd, const char *dir)
+{
+	struct stat a, b;
+
+	return fstat(fd, &a) == 0 && stat(dir, &b) == 0 && a.st_dev == b.st_dev;
+}
 
 static void fake_reset(void)
 {
@@ -128,6 +147,9 @@ static void fake_reset(void)
 	fk.gate_key[0] = '\0';
 	fk.gate_open = false;
 	fk.gated = 0;
+	fk.disk_limit = 0;
+	fk.disk_dir[0] = '\0';
+	atomic_store(&fk.nospace, 0);
 }
 
 static int fake_fetch(void *ctx, const char *key, const char *etag, uint64_t off, uint64_t len,
@@ -168,9 +190,19 @@ static int fake_fetch(void *ctx, const char *key, const char *etag, uint64_t off
 		len /= 2;
 		rc = -EIO;
 	}
+	if (f->disk_limit && on_disk(fd, f->disk_dir) &&
+	    du_objects(f->disk_dir) + len > f->disk_limit) {
+		atomic_fetch_add(&f->nospace, 1);
+		len /= 2;
+		rc = -ENOSPC;
+	}
 	for (uint64_t done = 0; done < len;) {
 		ssize_t w = pwrite(fd, buf + done, len - done, (off_t)(fd_off + done));
 
+		if (w < 0) { /* a real full disk (the tmpfs scenario) */
+			rc = -errno;
+			break;
+		}
 		REQUIRE(w > 0);
 		done += (uint64_t)w;
 	}
@@ -807,6 +839,275 @@ static void test_staged_files_are_outside_the_cap_and_commit_into_the_cache(void
 	cache_close(c);
 }
 
+/* ---------------------------------------------------------------- full disk */
+
+static void test_a_full_disk_evicts_and_retries_then_streams(void)
+{
+	char dir[256];
+	cache_config cfg;
+	cache *c;
+	cache_stats st;
+	char **keys;
+	size_t nkeys;
+	int fd;
+
+	fake_reset();
+	make_dir(dir, sizeof(dir));
+	cfg = config(dir, 64 * MiB); /* the cap is not what stops it */
+	cfg.no_prefetch = true;
+	c = open_cache(&cfg);
+	snprintf(fk.disk_dir, sizeof(fk.disk_dir), "%s", dir);
+	fk.disk_limit = 4 * MiB;
+	/* 8 MiB read block by block: from the fifth block on, each fetch hits
+	 * the full disk once, evicts the oldest block and fits on the retry. */
+	for (uint64_t off = 0; off < 8 * MiB; off += MiB)
+		CHECK(read_check(c, "a", "\"a\"", 8 * MiB, off, MiB));
+	cache_get_stats(c, &st);
+	CHECK(atomic_load(&fk.nospace) == 4);
+	CHECK(atomic_load(&fk.calls) == 8 + 4);
+	CHECK(st.evicted_bytes >= 4 * MiB);
+	CHECK(st.stream_bytes == 0);
+	CHECK(st.fetch_errors == 0);
+	CHECK(du_objects(dir) <= 4 * MiB);
+	/* The newest blocks are the ones kept. */
+	{
+		int calls = atomic_load(&fk.calls);
+
+		CHECK(read_check(c, "a", "\"a\"", 8 * MiB, 7 * MiB + 5, 1000));
+		CHECK(atomic_load(&fk.calls) == calls);
+	}
+
+	/* A disk full of something else: each block that hits it evicts one
+	 * block's worth (statvfs shows room here, as under a quota), tries once
+	 * more, and is then streamed: correct, and not cached. */
+	fk.disk_limit = 1; /* every fetch into the cache fails */
+	atomic_store(&fk.calls, 0);
+	atomic_store(&fk.nospace, 0);
+	CHECK(read_check(c, "b", "\"b\"", 3 * MiB, 100, 2 * MiB));
+	cache_get_stats(c, &st);
+	CHECK(st.stream_bytes == 2 * MiB);
+	CHECK(st.fetch_errors == 0);
+	CHECK(atomic_load(&fk.nospace) == 3 * 2);
+	/* three blocks of "a" made room; one is left, and its extent-tree
+	 * allowance */
+	CHECK(st.current_bytes == MiB + 4096);
+	CHECK(du_objects(dir) == MiB);
+	/* cache_make_room evicts what there is, and says when it is not
+	 * enough. */
+	CHECK(cache_make_room(c, 2 * MiB) == -ENOSPC);
+	cache_get_stats(c, &st);
+	CHECK(st.current_bytes == 0);
+	/* Nothing left to evict: straight to streaming, one failed fetch. */
+	atomic_store(&fk.nospace, 0);
+	CHECK(read_check(c, "b", "\"b\"", 3 * MiB, 0, 10));
+	CHECK(atomic_load(&fk.nospace) == 1);
+	CHECK(du_objects(dir) == 0);
+
+	/* Room again: blocks are cached, and cache_make_room gives their
+	 * space to whoever asks. */
+	fk.disk_limit = 0;
+	CHECK(read_check(c, "a", "\"a\"", 8 * MiB, 0, 10));
+	CHECK(cache_make_room(c, MiB) == 0);
+	cache_get_stats(c, &st);
+	CHECK(st.current_bytes == 0);
+	CHECK(cache_make_room(c, MiB) == -ENOSPC); /* nothing left */
+
+	/* Filling a staged file evicts and retries too. */
+	CHECK(read_check(c, "a", "\"a\"", 8 * MiB, 0, 2 * MiB));
+	fk.disk_limit = 2 * MiB;
+	atomic_store(&fk.nospace, 0);
+	CHECK(cache_stage_open(c, "s", "\"s\"", 3 * MiB, &fd) == 0);
+	CHECK(atomic_load(&fk.nospace) == 1);
+	{
+		unsigned char *got = malloc(3 * MiB);
+
+		REQUIRE(got);
+		CHECK(pread(fd, got, 3 * MiB, 0) == (ssize_t)(3 * MiB));
+		CHECK(content_ok("s", "\"s\"", 0, 3 * MiB, got));
+		free(got);
+	}
+	close(fd);
+	CHECK(cache_stage_discard(c, "s") == 0);
+	/* and fails with ENOSPC when nothing can go */
+	fk.disk_limit = 1;
+	CHECK(cache_make_room(c, 8 * MiB) == -ENOSPC);
+	CHECK(cache_stage_open(c, "s", "\"s\"", 3 * MiB, &fd) == -ENOSPC);
+	CHECK(cache_stage_keys(c, &keys, &nkeys) == 0 && nkeys == 0);
+	free(keys);
+	fk.disk_limit = 0;
+	cache_close(c);
+
+	/* The index stays consistent: a reopen serves what it kept, right. */
+	c = open_cache(&cfg);
+	CHECK(read_check(c, "a", "\"a\"", 8 * MiB, 0, 8 * MiB));
+	CHECK(read_check(c, "b", "\"b\"", 3 * MiB, 0, 3 * MiB));
+	cache_close(c);
+}
+
+struct nospace_read {
+	cache *c;
+	ssize_t rc;
+	unsigned char buf[3000];
+};
+
+static void *nospace_reader(void *arg)
+{
+	struct nospace_read *g = arg;
+
+	g->rc = cache_read(g->c, "gated", "\"g\"", 2 * MiB, 7, sizeof(g->buf), g->buf);
+	return NULL;
+}
+
+static void test_waiters_of_a_block_that_found_the_disk_full_stream(void)
+{
+	char dir[256];
+	cache_config cfg;
+	cache *c;
+	cache_stats st;
+	pthread_t th[4];
+	struct nospace_read g[4];
+
+	fake_reset();
+	snprintf(fk.gate_key, sizeof(fk.gate_key), "gated");
+	make_dir(dir, sizeof(dir));
+	cfg = config(dir, 64 * MiB);
+	cfg.no_prefetch = true;
+	c = open_cache(&cfg);
+	snprintf(fk.disk_dir, sizeof(fk.disk_dir), "%s", dir);
+	fk.disk_limit = 1;
+	for (int i = 0; i < 4; i++) {
+		g[i].c = c;
+		REQUIRE(pthread_create(&th[i], NULL, nospace_reader, &g[i]) == 0);
+	}
+	gate_wait_for(1);
+	usleep(100000); /* the others wait for that fetch */
+	gate_open();
+	for (int i = 0; i < 4; i++) {
+		pthread_join(th[i], NULL);
+		CHECK(g[i].rc == (ssize_t)sizeof(g[i].buf));
+		CHECK(content_ok("gated", "\"g\"", 7, sizeof(g[i].buf), g[i].buf));
+	}
+	cache_get_stats(c, &st);
+	CHECK(st.stream_bytes >= sizeof(g[0].buf));
+	CHECK(st.fetch_errors == 0);
+	CHECK(du_objects(dir) == 0);
+	cache_close(c);
+}
+
+/* A real full disk: the cache on a small tmpfs (skipped when mount(2) is
+ * not allowed). */
+static void test_on_a_small_tmpfs_the_cache_shrinks_before_the_disk_fills(void)
+{
+	char mnt[256], dir[300], filler[300];
+	cache_config cfg;
+	cache *c;
+	cache_stats st;
+	struct statvfs sv;
+	unsigned char *buf = malloc(MiB);
+	uint64_t min_free = UINT64_MAX;
+	int fd, sfd;
+
+	REQUIRE(buf);
+	fake_reset();
+	make_dir(mnt, sizeof(mnt));
+	REQUIRE(mkdir(mnt, 0700) == 0);
+	if (mount("tmpfs", mnt, "tmpfs", 0, "size=12m") < 0) {
+		printf("skipped %s: mount: %s\n", __func__, strerror(errno));
+		rmdir(mnt);
+		free(buf);
+		return;
+	}
+	snprintf(dir, sizeof(dir), "%s/cache", mnt);
+	snprintf(filler, sizeof(filler), "%s/filler", mnt);
+	cfg = config(dir, 1024 * MiB); /* far more than the disk */
+	cfg.no_prefetch = true;
+	c = open_cache(&cfg);
+	/* 30 MiB through a 12 MiB disk: all read, nothing streamed, and at
+	 * least the 2 MiB reserve stays free all along. */
+	for (uint64_t off = 0; off < 30 * MiB; off += MiB) {
+		CHECK(read_check(c, "big", "\"x\"", 30 * MiB, off, MiB));
+		REQUIRE(statvfs(mnt, &sv) == 0);
+		if ((uint64_t)sv.f_bavail * sv.f_frsize < min_free)
+			min_free = (uint64_t)sv.f_bavail * sv.f_frsize;
+	}
+	cache_get_stats(c, &st);
+	CHECK(st.stream_bytes == 0);
+	CHECK(st.evicted_bytes >= 18 * MiB);
+	CHECK(min_free >= 2 * MiB);
+	CHECK(du_objects(dir) >= 6 * MiB); /* the disk was used */
+
+	/* A writer fills the disk: ENOSPC; cache_make_room gives it the clean
+	 * blocks' space, the staged file is never evicted. */
+	CHECK(cache_stage_open(c, "w", NULL, 0, &sfd) == 0);
+	{
+		uint64_t off = 0;
+		int made = 0;
+
+		memset(buf, 'w', MiB);
+		for (;;) {
+			ssize_t n = pwrite(sfd, buf, MiB, (off_t)off);
+
+			if (n == MiB) {
+				off += MiB;
+				continue;
+			}
+			if (n >= 0) {
+				off += (uint64_t)n;
+				continue;
+			}
+			CHECK(errno == ENOSPC);
+			if (cache_make_room(c, MiB) != 0)
+				break;
+			made++;
+		}
+		CHECK(made >= 1);
+		CHECK(off >= 8 * MiB); /* more than what was free at first */
+		cache_get_stats(c, &st);
+		CHECK(st.current_bytes == 0);
+	}
+	/* The disk is full and holds nothing clean: reads stream. */
+	CHECK(read_check(c, "big", "\"x\"", 30 * MiB, 3 * MiB + 1, 2 * MiB));
+	CHECK(read_check(c, "other", "\"o\"", 5 * MiB, 0, 5 * MiB));
+	cache_get_stats(c, &st);
+	CHECK(st.stream_bytes >= 7 * MiB);
+	/* Even a fetch that finds the disk full mid-block (room shown before
+	 * the fetch, taken by the writer meanwhile) streams. */
+	CHECK(ftruncate(sfd, 0) == 0);
+	fd = open(filler, O_RDWR | O_CREAT | O_TRUNC, 0600);
+	REQUIRE(fd >= 0);
+	{
+		/* leave room for the reserve check, not for the block itself */
+		REQUIRE(statvfs(mnt, &sv) == 0);
+		uint64_t fill = (uint64_t)sv.f_bavail * sv.f_frsize;
+
+		fill = fill > 3 * MiB + MiB / 2 ? fill - 3 * MiB - MiB / 2 : 0;
+		for (uint64_t off = 0; off < fill; off += MiB)
+			CHECK(pwrite(fd, buf, fill - off < MiB ? fill - off : MiB, (off_t)off) > 0);
+	}
+	CHECK(read_check(c, "third", "\"t\"", 4 * MiB, 0, 4 * MiB));
+	close(fd);
+	unlink(filler);
+	close(sfd);
+	CHECK(cache_stage_discard(c, "w") == 0);
+	/* Room again: content is cached again. */
+	CHECK(read_check(c, "big", "\"x\"", 30 * MiB, 0, 2 * MiB));
+	{
+		int calls = atomic_load(&fk.calls);
+
+		CHECK(read_check(c, "big", "\"x\"", 30 * MiB, 0, 2 * MiB));
+		CHECK(atomic_load(&fk.calls) == calls);
+	}
+	cache_close(c);
+	/* Reopened after all that: what it serves is right. */
+	c = open_cache(&cfg);
+	CHECK(read_check(c, "big", "\"x\"", 30 * MiB, 0, 30 * MiB));
+	CHECK(read_check(c, "third", "\"t\"", 4 * MiB, 0, 4 * MiB));
+	cache_close(c);
+	CHECK(umount(mnt) == 0);
+	rmdir(mnt);
+	free(buf);
+}
+
 /* ---------------------------------------------------------------- threads */
 
 struct hammer {
@@ -1048,6 +1349,9 @@ int main(void)
 	test_reads_are_streamed_when_everything_is_pinned();
 	test_put_content_is_served_without_fetching();
 	test_staged_files_are_outside_the_cap_and_commit_into_the_cache();
+	test_a_full_disk_evicts_and_retries_then_streams();
+	test_waiters_of_a_block_that_found_the_disk_full_stream();
+	test_on_a_small_tmpfs_the_cache_shrinks_before_the_disk_fills();
 	test_sixteen_threads_under_constant_eviction();
 	test_kill_9_never_leads_to_wrong_data();
 	test_one_process_per_cache_dir();
