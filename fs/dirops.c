@@ -14,6 +14,7 @@
  * mtime/ctime is not rewritten on create/unlink/rename (one more copy per
  * change, as s3fs does only with update_parent_dir_stat).
  */
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -107,6 +108,7 @@ static int dir_put_entry(struct fs_ctx *ctx, const char *path, meta_entry *e, co
 		e->etag = etag;
 		e->head_etag = etag;
 		e->size = len;
+		e->last_modified_ns = 0; /* unknown: the next listing brings it */
 		r = meta_upsert(ctx->meta, path, e);
 		e->etag = e->head_etag = NULL;
 	}
@@ -291,6 +293,7 @@ struct dir_obj {
 	uint64_t size;
 	bool marker; /* a directory marker object */
 	bool local;  /* not in S3 yet: moves with its staged data */
+	bool in_s3;  /* an object exists at its key (an older version if local) */
 };
 
 struct dir_objs {
@@ -316,7 +319,8 @@ static char *dir_child(const char *dir, const char *name)
 	return p;
 }
 
-static int dir_obj_add(struct dir_objs *o, char *path, uint64_t size, bool marker, bool local)
+static int dir_obj_add(struct dir_objs *o, char *path, uint64_t size, bool marker, bool local,
+                       bool in_s3)
 {
 	if (o->n == o->cap) {
 		size_t cap = o->cap ? o->cap * 2 : 64;
@@ -328,7 +332,7 @@ static int dir_obj_add(struct dir_objs *o, char *path, uint64_t size, bool marke
 		o->v = v;
 		o->cap = cap;
 	}
-	o->v[o->n++] = (struct dir_obj){path, size, marker, local};
+	o->v[o->n++] = (struct dir_obj){path, size, marker, local, in_s3};
 	return 0;
 }
 
@@ -356,7 +360,7 @@ static int dir_walk_one(void *arg, const meta_entry *e)
 			return 0;
 		}
 	}
-	return dir_obj_add(w->objs, p, e->size, e->is_dir, e->local);
+	return dir_obj_add(w->objs, p, e->size, e->is_dir, e->local, e->etag != NULL);
 }
 
 /* Every object at or below dir, from a fresh listing of each level. */
@@ -452,7 +456,9 @@ static int dir_delete_all(struct fs_ctx *ctx, struct dir_objs *objs)
 	if (!keys)
 		return -ENOMEM;
 	for (size_t i = 0; i < objs->n; i++) {
-		if (objs->v[i].local)
+		/* A local entry's new data moves with it, but the version S3
+		 * had under the old name must go too. */
+		if (objs->v[i].local && !objs->v[i].in_s3)
 			continue;
 		keys[n] = fs_key_of(ctx, objs->v[i].path, objs->v[i].marker);
 		if (keys[n]) {
@@ -510,8 +516,7 @@ static int dir_rename_file(struct fs_ctx *ctx, const char *from, const char *to,
 		r = fs_copy_object(ctx, fk, tk, fe.size, S3_META_COPY, NULL, etag);
 	if (!r)
 		r = meta_rename(ctx->meta, from, to, !copied);
-	if (!r && copied && etag[0] &&
-	    meta_clear_local(ctx->meta, to, etag, fe.size, fe.last_modified_ns))
+	if (!r && copied && etag[0] && meta_clear_local(ctx->meta, to, etag, fe.size, 0))
 		fs_log(FS_LOG_DEBUG, "%s: could not record the copy's ETag", to);
 	fs_wb_rename_end(ctx, from, to, r == 0);
 	if (!r && fe.etag) {
@@ -533,17 +538,21 @@ static int dir_rename_dir(struct fs_ctx *ctx, const char *from, const char *to,
 	bool dirty;
 	int r;
 
+	/* Uploads below `from` are held first, so that which entries are
+	 * local (they move with their staged data) and which are in S3 (they
+	 * are copied) cannot change between the walk and the move. */
+	fs_wb_rename_begin(ctx, from, &dirty);
 	/* The whole subtree, fresh, before anything moves. */
 	r = dir_collect(ctx, from, &objs);
 	if (!r && fe->dir_marker) {
 		char *p = strdup(from);
-		r = p ? dir_obj_add(&objs, p, 0, true, false) : -ENOMEM;
+		r = p ? dir_obj_add(&objs, p, 0, true, false, true) : -ENOMEM;
 	}
 	if (r) {
+		fs_wb_rename_end(ctx, from, to, false);
 		dir_objs_free(&objs);
 		return r;
 	}
-	fs_wb_rename_begin(ctx, from, &dirty);
 	r = dir_copy_all(ctx, &objs, from, to);
 	if (!r)
 		r = meta_rename(ctx->meta, from, to, false);
@@ -557,6 +566,17 @@ static int dir_rename_dir(struct fs_ctx *ctx, const char *from, const char *to,
 	}
 	dir_objs_free(&objs);
 	return r;
+}
+
+/* The names libfuse gives a hidden file: ".fuse_hidden" and 16 hex digits. */
+static bool dir_is_fuse_hidden(const char *name)
+{
+	if (strncmp(name, ".fuse_hidden", 12) != 0 || strlen(name) != 28)
+		return false;
+	for (const char *p = name + 12; *p; p++)
+		if (!isxdigit((unsigned char)*p))
+			return false;
+	return true;
 }
 
 int fs_rename(const char *from, const char *to, unsigned int flags)
@@ -576,10 +596,21 @@ int fs_rename(const char *from, const char *to, unsigned int flags)
 		return -EINVAL;
 	if (strcmp(from, to) == 0)
 		return 0;
-	if (strncmp(fs_base_of(to), ".fuse_hidden", 12) == 0) {
+	if (dir_is_fuse_hidden(fs_base_of(to))) {
 		/* libfuse hides an open file being unlinked (or replaced):
-		 * delete it here, keep it in memory there. */
+		 * delete it here, keep it in memory there.  libfuse's idea of
+		 * "open" can lag behind ours (close(2) returns before the
+		 * release arrives): a file whose last handle is gone is
+		 * deleted all the same, since libfuse, having hidden it, will
+		 * never unlink the hidden name. */
 		r = fs_wb_hide(ctx, from, to);
+		if (r == -ENOENT && meta_lookup(ctx->meta, from, &fe) == 0) {
+			if (!fe.is_dir) {
+				fs_wb_unlink(ctx, from);
+				r = 0;
+			}
+			meta_entry_clear(&fe);
+		}
 		if (r == 0) {
 			r = dir_delete_key(ctx, from, false);
 			int d = meta_delete(ctx->meta, from);
@@ -660,7 +691,19 @@ static int dir_apply_attrs(struct fs_ctx *ctx, const char *path, meta_entry *e)
 		r = fs_wb_setattr(ctx, path, dir_index_only, &a);
 		if (r)
 			return r < 0 ? r : 0;
-		if (e->local) /* created here, upload under way or failed */
+		/* No data pending: e was read before, maybe while an upload was
+		 * finishing; what S3 has now is in the index. */
+		meta_entry cur;
+		r = meta_lookup(ctx->meta, path, &cur);
+		if (r)
+			return r;
+		free(e->etag);
+		e->etag = cur.etag;
+		cur.etag = NULL;
+		e->size = cur.size;
+		e->local = cur.local;
+		meta_entry_clear(&cur);
+		if (e->local) /* not in S3 and not staged: the index is all */
 			return dir_index_only(&a);
 	}
 	key = fs_key_of(ctx, path, e->is_dir);
@@ -697,7 +740,7 @@ static int dir_apply_attrs(struct fs_ctx *ctx, const char *path, meta_entry *e)
 		e->etag = etag;
 		e->head_etag = etag;
 		e->local = false;
-		e->last_modified_ns = fs_now_ns();
+		e->last_modified_ns = 0; /* the copy's; the next listing brings it */
 		r = meta_upsert(ctx->meta, path, e);
 		e->etag = old_etag;
 		e->head_etag = old_head;

@@ -176,9 +176,8 @@ static const struct fs_opt fs_opts[] = {
          "SIZE", "1M", "objects this small are fetched by one GET, not a HEAD; 0: never"},
         {"max_dirty", FS_OPT_SIZE, FS_GROUP_CACHE, FS_OFF(max_dirty), 0, FS_MIB, UINT64_MAX / 2,
          "SIZE", "1G", "written data staged but not yet uploaded; writers wait beyond it"},
-        {"async_close_max", FS_OPT_SIZE, FS_GROUP_CACHE, FS_OFF(async_close_max), 0, 0,
-         5 * FS_GIB, "SIZE", "1M",
-         "smaller files upload after close returns; 0: every close waits"},
+        {"async_close_max", FS_OPT_SIZE, FS_GROUP_CACHE, FS_OFF(async_close_max), 0, 0, 5 * FS_GIB,
+         "SIZE", "1M", "smaller files upload after close returns; 0: every close waits"},
         {"sync_upload", FS_OPT_FLAG, FS_GROUP_CACHE, FS_OFF(sync_upload), 0, 0, 0, NULL, "off",
          "every close waits for its upload (async_close_max=0)"},
 

@@ -107,8 +107,9 @@ struct fs_wb {
 	pthread_t retrier;
 	bool retrier_started;
 	bool stopping;
-	int active;   /* uploads running in the pool */
-	bool healthy; /* the last upload succeeded */
+	int active;        /* uploads running in the pool */
+	bool healthy;      /* the last upload succeeded */
+	bool no_part_copy; /* the server refused UploadPartCopy: upload every part */
 	pthread_mutex_t rename_lock;
 };
 
@@ -294,6 +295,13 @@ static void wb_retire(struct fs_ctx *ctx, struct fs_file *f)
 	free(key);
 }
 
+/* A full cache disk: clean cached content gives its space, worth one more
+ * try. */
+static bool wb_room(struct fs_ctx *ctx, int r, uint64_t bytes)
+{
+	return (r == -ENOSPC || r == -EDQUOT) && cache_make_room(ctx->cache, bytes) == 0;
+}
+
 /* ---------------------------------------------------------------- index */
 
 /* Writes size and mtime of f into its index entry, marked local (S3 has
@@ -314,6 +322,8 @@ static int wb_index_update(struct fs_ctx *ctx, struct fs_file *f)
 		e.mtime_ns = e.ctime_ns = f->mtime_ns;
 	e.local = true;
 	r = meta_upsert(ctx->meta, f->path, &e);
+	if (wb_room(ctx, r, 0))
+		r = meta_upsert(ctx->meta, f->path, &e);
 	meta_entry_clear(&e);
 	if (r)
 		fs_log(FS_LOG_WARNING, "updating the index for %s: %s", f->path, strerror(-r));
@@ -415,6 +425,7 @@ struct wb_mpu {
 	pthread_mutex_t lock;
 	int next;
 	int err;
+	bool err_copy; /* the first failure was an UploadPartCopy */
 	s3_error s3err;
 };
 
@@ -445,6 +456,7 @@ static void *wb_mpu_worker(void *arg)
 			pthread_mutex_lock(&m->lock);
 			if (!m->err) {
 				m->err = r;
+				m->err_copy = m->copy && m->copy[i];
 				m->s3err = err;
 			}
 			pthread_mutex_unlock(&m->lock);
@@ -473,7 +485,7 @@ static int wb_multipart(struct fs_ctx *ctx, const char *key, int fd, uint64_t si
                         const s3_put_opts *o, const uint8_t *clean, size_t nclean,
                         const char *copy_src, uint64_t copy_src_size,
                         void (*on_create)(void *arg, const char *upload_id), void *arg,
-                        char etag_out[S3_ETAG_MAX])
+                        char etag_out[S3_ETAG_MAX], bool *copy_refused)
 {
 	struct wb_mpu m = {.ctx = ctx, .key = key, .fd = fd, .size = size, .copy_src = copy_src};
 	char *upload_id = NULL;
@@ -531,7 +543,9 @@ static int wb_multipart(struct fs_ctx *ctx, const char *key, int fd, uint64_t si
 		pthread_join(th[i], NULL);
 	pthread_mutex_destroy(&m.lock);
 	r = m.err;
-	if (r)
+	if (r && m.err_copy && (r == -EOPNOTSUPP || r == -EINVAL || r == -ENOSYS) && copy_refused)
+		*copy_refused = true; /* the caller can send the bytes instead */
+	else if (r)
 		fs_log_s3(FS_LOG_WARNING, "uploading a part of", key, &m.s3err);
 	if (!r) {
 		r = s3_mpu_complete(ctx->s3, key, upload_id, m.parts, (size_t)m.nparts, etag_out,
@@ -539,8 +553,11 @@ static int wb_multipart(struct fs_ctx *ctx, const char *key, int fd, uint64_t si
 		if (r)
 			fs_log_s3(FS_LOG_WARNING, "completing the multipart upload of", key, &err);
 	}
+	/* A failed abort leaves parts for the bucket's lifecycle rules to clean
+	 * up (some servers have no AbortMultipartUpload); the upload's own
+	 * result stands. */
 	if (r && s3_mpu_abort(ctx->s3, key, upload_id, &err))
-		fs_log_s3(FS_LOG_INFO, "aborting the multipart upload of", key, &err);
+		fs_log_s3(FS_LOG_WARNING, "aborting the multipart upload of", key, &err);
 	free(upload_id);
 	free(m.parts);
 	free(copy);
@@ -574,7 +591,8 @@ int fs_copy_object(struct fs_ctx *ctx, const char *from_key, const char *to_key,
 		po.content_type = h.content_type;
 		o = &po;
 	}
-	r = wb_multipart(ctx, to_key, -1, size, o, NULL, 0, from_key, size, NULL, NULL, etag_out);
+	r = wb_multipart(ctx, to_key, -1, size, o, NULL, 0, from_key, size, NULL, NULL, etag_out,
+	                 NULL);
 	s3_head_clear(&h);
 	return r;
 }
@@ -628,6 +646,9 @@ static int wb_upload(struct fs_ctx *ctx, struct fs_file *f)
 		fs_log(FS_LOG_ERR, "%s: changed but nothing staged", f->path);
 		return -EIO;
 	}
+	/* The upload's x-amz-meta-* come from the index: bring it up to this
+	 * version's size and mtime (only the first change wrote them). */
+	(void)wb_index_update(ctx, f);
 	f->uploading = true;
 	v = f->version;
 	size = f->size;
@@ -658,6 +679,9 @@ static int wb_upload(struct fs_ctx *ctx, struct fs_file *f)
 		if (!r)
 			r = jid ? meta_journal_update(ctx->meta, &j)
 			        : meta_journal_add(ctx->meta, &j, &jid);
+		if (wb_room(ctx, r, 0))
+			r = jid ? meta_journal_update(ctx->meta, &j)
+			        : meta_journal_add(ctx->meta, &j, &jid);
 		if (r)
 			fs_log(FS_LOG_ERR, "journal: cannot record %s: %s", path, strerror(-r));
 	}
@@ -686,17 +710,22 @@ static int wb_upload(struct fs_ctx *ctx, struct fs_file *f)
 				fs_log_s3(FS_LOG_WARNING, "uploading", path, &err);
 		} else {
 			struct wb_jctx jc = {ctx, &j};
-			bool copy = base[0] && base_size && clean;
+			bool copy = base[0] && base_size && clean &&
+			            !__atomic_load_n(&ctx->wb->no_part_copy, __ATOMIC_RELAXED);
+			bool refused = false;
 			r = wb_multipart(ctx, key, fd, size, &o, clean, nchunks, copy ? key : NULL,
-			                 base_size, wb_journal_mpu, &jc, etag);
-			if (r == -EOPNOTSUPP && copy) {
-				/* The server has no UploadPartCopy: send every part. */
-				fs_log(FS_LOG_INFO,
-				       "%s: server-side part copy refused; uploading "
-				       "every part",
-				       path);
+			                 base_size, wb_journal_mpu, &jc, etag, &refused);
+			if (r && refused) {
+				/* The server has no UploadPartCopy (s3rver: 501): send
+				 * every part, now and for the rest of this mount. */
+				if (!__atomic_exchange_n(&ctx->wb->no_part_copy, true,
+				                         __ATOMIC_RELAXED))
+					fs_log(FS_LOG_WARNING,
+					       "the server refused UploadPartCopy (%s); "
+					       "uploading whole files from now on",
+					       strerror(-r));
 				r = wb_multipart(ctx, key, fd, size, &o, NULL, 0, NULL, 0,
-				                 wb_journal_mpu, &jc, etag);
+				                 wb_journal_mpu, &jc, etag, NULL);
 			}
 			if (r && jid) {
 				j.state = WB_J_STAGED; /* the upload was aborted */
@@ -705,7 +734,11 @@ static int wb_upload(struct fs_ctx *ctx, struct fs_file *f)
 		}
 	}
 	if (!r) {
-		int c = meta_clear_local(ctx->meta, path, etag, size, fs_now_ns());
+		/* A PUT does not say its LastModified: 0 ("unknown") lets the next
+		 * listing adopt the listed one for this ETag and size instead of
+		 * taking the object for a new version (and dropping its HEAD
+		 * fields and cached content). */
+		int c = meta_clear_local(ctx->meta, path, etag, size, 0);
 		if (c && c != -ENOENT)
 			fs_log(FS_LOG_WARNING, "index: %s uploaded but not recorded: %s", path,
 			       strerror(-c));
@@ -778,6 +811,9 @@ static int wb_journal_now(struct fs_ctx *ctx, struct fs_file *f)
 	                         .state = WB_J_STAGED,
 	                         .created_ns = fs_now_ns()};
 	if (!r)
+		r = jid ? meta_journal_update(ctx->meta, &j)
+		        : meta_journal_add(ctx->meta, &j, &jid);
+	if (wb_room(ctx, r, 0))
 		r = jid ? meta_journal_update(ctx->meta, &j)
 		        : meta_journal_add(ctx->meta, &j, &jid);
 	if (!r) {
@@ -1011,7 +1047,8 @@ int fs_open(const char *path, struct fuse_file_info *fi)
 	}
 	if (wr && (fi->flags & O_TRUNC)) {
 		pthread_mutex_lock(&f->lock);
-		r = f->size || !f->etag[0] ? wb_truncate_locked(ctx, f, 0) : 0;
+		/* Even an empty file: O_TRUNC updates mtime and ctime. */
+		r = wb_truncate_locked(ctx, f, 0);
 		pthread_mutex_unlock(&f->lock);
 		if (r) {
 			fs_release(path, fi);
@@ -1062,6 +1099,8 @@ int fs_create(const char *path, mode_t mode, struct fuse_file_info *fi)
 	e.mtime_ns = e.ctime_ns = e.atime_ns = now;
 	e.last_modified_ns = now;
 	r = meta_upsert(ctx->meta, path, &e);
+	if (wb_room(ctx, r, 0))
+		r = meta_upsert(ctx->meta, path, &e);
 	if (r)
 		return r;
 	f = wb_file_new(ctx, path, NULL, 0);
@@ -1147,6 +1186,7 @@ int fs_write(const char *path, const char *buf, size_t size, off_t off, struct f
 	struct fs_file *f = wb_handle(fi)->f;
 	ssize_t n = 0;
 	int r;
+	bool room_tried = false;
 
 	(void)path;
 	if (ctx->ro)
@@ -1158,6 +1198,11 @@ int fs_write(const char *path, const char *buf, size_t size, off_t off, struct f
 		n = pwrite(f->fd, buf + done, size - done, off + (off_t)done);
 		if (n < 0)
 			r = -errno;
+		if (n < 0 && !room_tried && wb_room(ctx, r, size - done)) {
+			room_tried = true;
+			r = 0;
+			n = 0;
+		}
 	}
 	if (!r) {
 		wb_mark_dirty_range(ctx, f, (uint64_t)off, size);
@@ -1245,7 +1290,8 @@ int fs_flush(const char *path, struct fuse_file_info *fi)
 		/* Not journaled: fall back to uploading now. */
 	}
 	r = wb_upload(ctx, f);
-	return r ? -EIO : 0;
+	/* A full cache disk is the caller's ENOSPC, as for write. */
+	return r == -ENOSPC || r == -EDQUOT ? r : r ? -EIO : 0;
 }
 
 int fs_fsync(const char *path, int datasync, struct fuse_file_info *fi)
@@ -1398,10 +1444,12 @@ int fs_wb_hide(struct fs_ctx *ctx, const char *from, const char *to)
 	pthread_mutex_lock(&f->lock);
 	free(f->path);
 	f->path = np;
+	bool open = f->handles > 0;
 	pthread_mutex_unlock(&f->lock);
 	/* Back in the table under the hidden name, for getattr and the
-	 * unlink that libfuse sends after the last release. */
-	if (!f->in_table && !wb_find_locked(ctx->wb, np))
+	 * unlink that libfuse sends after the last release (none comes if
+	 * the last release has already been). */
+	if (!f->in_table && open && !wb_find_locked(ctx->wb, np))
 		wb_table_add_locked(ctx->wb, f);
 	pthread_mutex_unlock(&ctx->wb->lock);
 	wb_put(ctx, f);
@@ -1543,7 +1591,10 @@ void fs_wb_rename_end(struct fs_ctx *ctx, const char *from, const char *to, bool
 			    (nk = fs_key_of(ctx, np, false)) != NULL) {
 				char *ok = f->key;
 				f->key = nk;
-				if (f->fd >= 0 && wb_dirty(f) && wb_move_stage(ctx, f, ok)) {
+				if (f->unlinked) {
+					/* Hidden (unlinked while open) in a renamed
+					 * directory: its data lives in f->fd only. */
+				} else if (f->fd >= 0 && wb_dirty(f) && wb_move_stage(ctx, f, ok)) {
 					fs_log(FS_LOG_ERR, "%s: cannot move the staged data to %s",
 					       f->path, np);
 				} else if (f->fd >= 0 && !wb_dirty(f)) {
@@ -1613,13 +1664,15 @@ int fs_wb_setattr(struct fs_ctx *ctx, const char *path, int (*fn)(void *arg), vo
 		return 0;
 	pthread_mutex_lock(&f->lock);
 	wb_wait_quiet(f);
+	/* From now on the index has the times (utimens may have set them);
+	 * only a later write stamps f's mtime again. */
+	f->mtime_set = false;
 	if (wb_dirty(f)) {
 		r = fn(arg);
 		if (!r) {
 			/* The next upload carries the new headers; the index
 			 * holds the times now (utimens may have set them). */
 			f->version++;
-			f->mtime_set = false;
 			r = 1;
 		}
 	}

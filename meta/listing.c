@@ -194,6 +194,51 @@ static int meta_touch_dir(struct meta_listing *l, const char *path, bool marker)
 	return meta_wstep(l->m, st, "listing touch");
 }
 
+/*
+ * An entry this mount uploaded is stored with LastModified 0 ("unknown": a
+ * PUT or a copy does not return it).  When the listing shows the ETag and
+ * size it stored, the object is the version it uploaded: take the listed
+ * LastModified and keep the HEAD-derived fields (they were uploaded with
+ * it) and, in fs/, the cached content.  *adopted tells whether it was.
+ * Rare (once per uploaded version): the statement is prepared on demand.
+ */
+static int meta_adopt(struct meta_listing *l, const char *path, bool is_dir, const char *etag,
+                      int64_t lm, uint64_t size, const char *owner_id, const char *owner_name,
+                      bool *adopted)
+{
+	static const char sql[] =
+	        "UPDATE entries SET last_modified_ns = ?3, list_gen = max(list_gen, ?4),"
+	        " owner_id = coalesce(?5, owner_id), owner_name = coalesce(?6, owner_name)"
+	        " WHERE parent = ?1 AND name = ?2 AND local = 0 AND is_dir = ?7"
+	        " AND coalesce(last_modified_ns, 0) = 0 AND etag = ?8 AND size = ?9";
+	sqlite3 *db = l->m->writer.db;
+	sqlite3_stmt *st = NULL;
+	int rc;
+
+	*adopted = false;
+	if (!etag || !lm)
+		return 0;
+	rc = sqlite3_prepare_v2(db, sql, -1, &st, NULL);
+	if (rc != SQLITE_OK)
+		return meta_sqlite_err(l->m, &l->m->writer, rc, "listing adopt");
+	meta_bind_path(st, 1, path);
+	sqlite3_bind_int64(st, 3, lm);
+	sqlite3_bind_int64(st, 4, (int64_t)l->gen);
+	if (owner_id)
+		sqlite3_bind_text(st, 5, owner_id, -1, SQLITE_STATIC);
+	if (owner_name)
+		sqlite3_bind_text(st, 6, owner_name, -1, SQLITE_STATIC);
+	sqlite3_bind_int(st, 7, is_dir);
+	sqlite3_bind_text(st, 8, etag, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 9, (int64_t)size);
+	rc = sqlite3_step(st);
+	sqlite3_finalize(st);
+	if (rc != SQLITE_DONE)
+		return meta_sqlite_err(l->m, &l->m->writer, rc, "listing adopt");
+	*adopted = sqlite3_changes(db) > 0;
+	return 0;
+}
+
 static void meta_log_hidden(meta *m, const char *path)
 {
 	meta_log_once(m, META_LOG_WARNING, path,
@@ -236,6 +281,12 @@ static int meta_apply_dir(struct meta_listing *l, const char *path, bool marker,
 		return meta_touch(l, path, NULL, NULL);
 	if (r.same)
 		return meta_touch_dir(l, path, marker);
+	if (marker) {
+		bool adopted;
+		err = meta_adopt(l, path, true, etag, lm, size, NULL, NULL, &adopted);
+		if (err || adopted)
+			return err ? err : meta_touch_dir(l, path, marker);
+	}
 	err = meta_put(l, MS_UPDATE_LISTED, path, true, marker, size, etag, lm, NULL, NULL);
 	return err ? err : meta_change(l, path, META_CHANGED);
 }
@@ -300,6 +351,11 @@ static int meta_apply_file(struct meta_listing *l, const char *path, const meta_
 	}
 	if (r.same)
 		return meta_touch(l, path, o->owner_id, o->owner_name);
+	bool adopted;
+	err = meta_adopt(l, path, false, o->etag, o->last_modified_ns, o->size, o->owner_id,
+	                 o->owner_name, &adopted);
+	if (err || adopted)
+		return err;
 	err = meta_put(l, MS_UPDATE_LISTED, path, false, false, o->size, o->etag,
 	               o->last_modified_ns, o->owner_id, o->owner_name);
 	return err ? err : meta_change(l, path, META_CHANGED);

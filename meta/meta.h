@@ -22,7 +22,9 @@
  *  - HEAD-derived fields (head_etag, mode, uid, gid, mtime/ctime/atime,
  *    symlink target, xattr) belong to one version of the object: a listing
  *    that shows a different ETag, LastModified or size clears them, an
- *    unchanged one keeps them, and meta_set_head() only stores them while
+ *    unchanged one keeps them (a stored LastModified of 0 means "not known",
+ *    as after an upload, whose answer carries none: a listing with the same
+ *    ETag and size then counts as unchanged and its LastModified is adopted), and meta_set_head() only stores them while
  *    the entry's ETag is still the one the HEAD saw.
  *  - A `local` entry was created or changed by this mount and is not yet
  *    confirmed by S3: listings never delete it nor overwrite its attributes,

@@ -429,9 +429,12 @@ int meta_journal_add(meta *m, const meta_journal_entry *j, int64_t *id)
 	meta_bind_text(st, 6, j->parts);
 	sqlite3_bind_int64(st, 7, j->created_ns ? j->created_ns : meta_now_ns());
 	err = meta_run(m, st, "journal add");
+	int64_t rowid = err ? 0 : sqlite3_last_insert_rowid(m->writer.db);
+	/* The id is the caller's only once the row is committed. */
+	err = meta_end(m, err);
 	if (!err && id)
-		*id = sqlite3_last_insert_rowid(m->writer.db);
-	return meta_end(m, err);
+		*id = rowid;
+	return err;
 }
 
 int meta_journal_update(meta *m, const meta_journal_entry *j)

@@ -21,9 +21,12 @@ Entry = namedtuple('Entry', 'type mode uid gid size mtime_ns data xattrs ino')
 
 def sha256_file(path):
     h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for chunk in iter(lambda: f.read(1 << 20), b''):
-            h.update(chunk)
+    try:
+        with open(path, 'rb') as f:
+            for chunk in iter(lambda: f.read(1 << 20), b''):
+                h.update(chunk)
+    except OSError as e:
+        raise OSError(e.errno, '%s: %s' % (path, e.strerror)) from e
     return h.hexdigest()
 
 

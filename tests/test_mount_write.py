@@ -7,6 +7,7 @@ write costs no request; `ro` gives EROFS; write throughput is logged.
 
 import errno
 import hashlib
+import math
 import os
 import random
 import stat
@@ -21,7 +22,7 @@ from refcheck import (check_bucket_against, compare, errno_of, list_objects,
 MiB = 1 << 20
 
 # paths whose mtime the script sets with utime (compared to the second);
-# others are compared with a slack of 2 s
+# others with a slack covering the time both sides took to run the script
 EXACT_MTIME = {'d3/renamed.txt', 'sparse.bin', 'd2', 'link1', 'big.bin'}
 
 
@@ -189,28 +190,33 @@ def test_scripted_operations_match_a_local_directory(s3server, bucket, tmp_path)
     ref.mkdir()
     m = Mount(s3server, bucket, tmp_path, opts={'multipart_size': 5})
     with m:
+        t0 = time.monotonic()
         got_steps = scripted(m.mp, True)
         want_steps = scripted(str(ref), False)
+        # The two sides run one after the other: an mtime not set by utime
+        # lies anywhere in that time on either side.
+        slack = max(2, math.ceil(time.monotonic() - t0) + 1)
         diff = ['%s: mount %r %s, reference %r %s' % (a[0], a[1], a[2], b[1], b[2])
                 for a, b in zip(got_steps, want_steps) if a != b]
         assert not diff, '\n'.join(diff)
         want = snapshot(str(ref))
-        problems = compare(snapshot(m.mp), want, exact_mtime=EXACT_MTIME)
+        problems = compare(snapshot(m.mp), want, exact_mtime=EXACT_MTIME, slack=slack)
         assert not problems, 'mount vs reference:\n' + '\n'.join(problems)
         m.unmount(timeout=120)
         # the bucket as aws-cli sees it (after unmount: nothing is pending)
-        problems = check_bucket_against(s3server, bucket, want, exact_mtime=EXACT_MTIME)
+        problems = check_bucket_against(s3server, bucket, want, exact_mtime=EXACT_MTIME,
+                                        slack=slack)
         assert not problems, 'bucket vs reference:\n' + '\n'.join(problems)
         # a remount with a cold cache and index: attributes come from S3
         m.cache_dir = m.opts['cache_dir'] = str(tmp_path / 'cache2')
         m.mount()
-        problems = compare(snapshot(m.mp), want, exact_mtime=EXACT_MTIME)
+        problems = compare(snapshot(m.mp), want, exact_mtime=EXACT_MTIME, slack=slack)
         assert not problems, 'remount (cold) vs reference:\n' + '\n'.join(problems)
         # and the warm one (same cache_dir as before) agrees too
         m.unmount()
         m.cache_dir = m.opts['cache_dir'] = str(tmp_path / 'cache')
         m.mount()
-        problems = compare(snapshot(m.mp), want, exact_mtime=EXACT_MTIME)
+        problems = compare(snapshot(m.mp), want, exact_mtime=EXACT_MTIME, slack=slack)
         assert not problems, 'remount (warm) vs reference:\n' + '\n'.join(problems)
 
 

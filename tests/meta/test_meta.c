@@ -528,6 +528,80 @@ static void test_relisting_keeps_head_data_of_unchanged_entries_only(void)
 	meta_close(m);
 }
 
+/* An entry uploaded by this mount is stored with LastModified 0 (a PUT does
+ * not return it): a listing showing its ETag and size adopts the listed
+ * LastModified and keeps its attributes; any other difference is a new
+ * version. */
+static void test_listing_adopts_last_modified_of_an_uploaded_entry(void)
+{
+	meta *m = open_db("adopt.db", "");
+	char d0[] = "\"d0\"";
+	meta_entry e;
+	meta_entry up = {.local = true,
+	                 .size = 3,
+	                 .has = META_HAS_MODE | META_HAS_MTIME,
+	                 .mode = 0100600,
+	                 .mtime_ns = 1500000000000000000LL};
+	meta_entry dir = {.is_dir = true,
+	                  .dir_marker = true,
+	                  .etag = d0,
+	                  .head_etag = d0,
+	                  .has = META_HAS_MODE,
+	                  .mode = 040700};
+	meta_object page[] = {
+	        obj("d/", 0, "\"d0\""),
+	        obj("u", 3, "\"u1\""),
+	        obj("v", 4, "\"v1\""),
+	        obj("w", 5, "\"w1\""),
+	};
+	struct changes ch = {0};
+
+	for (const char *const *p = (const char *const[]){"/u", "/v", "/w", NULL}; *p; p++) {
+		char etag[8];
+
+		snprintf(etag, sizeof(etag), "\"%s1\"", *p + 1);
+		CHECK_INT(meta_upsert(m, *p, &up), 0);
+		CHECK_INT(meta_clear_local(m, *p, etag, *p[0] == 'v' ? 99 : 3, 0), 0);
+	}
+	CHECK_INT(meta_upsert(m, "/d", &dir), 0);
+	CHECK_INT(meta_clear_local(m, "/w", "\"w0\"", 5, 0), 0); /* another ETag */
+	page[1].last_modified_ns = LM0 + 5;
+	CHECK_INT(list1(m, "/", META_LIST_RECURSIVE, page, 4, NULL, 0, &ch), 4);
+
+	/* Same ETag and size: the uploaded version, attributes kept. */
+	CHECK_INT(meta_lookup(m, "/u", &e), 0);
+	CHECK(e.last_modified_ns == LM0 + 5);
+	CHECK_STR(e.head_etag, "\"u1\"");
+	CHECK(e.has == (META_HAS_MODE | META_HAS_MTIME) && e.mode == 0100600 &&
+	      e.mtime_ns == 1500000000000000000LL);
+	meta_entry_clear(&e);
+	CHECK_INT(meta_lookup(m, "/d", &e), 0);
+	CHECK(e.is_dir && e.dir_marker && e.last_modified_ns == LM0);
+	CHECK(e.has == META_HAS_MODE && e.mode == 040700);
+	meta_entry_clear(&e);
+	CHECK_INT(change_of(&ch, "/u"), 0);
+	CHECK_INT(change_of(&ch, "/d"), 0);
+	/* Another size or ETag: a new version, as for any entry. */
+	CHECK_INT(meta_lookup(m, "/v", &e), 0);
+	CHECK(e.size == 4 && e.last_modified_ns == LM0 && e.has == 0 && !e.head_etag);
+	meta_entry_clear(&e);
+	CHECK_INT(meta_lookup(m, "/w", &e), 0);
+	CHECK(e.last_modified_ns == LM0 && e.has == 0 && !e.head_etag);
+	CHECK_STR(e.etag, "\"w1\"");
+	meta_entry_clear(&e);
+	CHECK_INT(change_of(&ch, "/v"), META_CHANGED);
+	CHECK_INT(change_of(&ch, "/w"), META_CHANGED);
+	CHECK_INT(ch.n, 2);
+
+	/* Once adopted, a later LastModified is a new version again. */
+	memset(&ch, 0, sizeof(ch));
+	page[1].last_modified_ns = LM0 + 6;
+	CHECK_INT(list1(m, "/", META_LIST_RECURSIVE, page, 4, NULL, 0, &ch), 4);
+	CHECK_INT(change_of(&ch, "/u"), META_CHANGED);
+	CHECK_INT(ch.n, 1);
+	meta_close(m);
+}
+
 static void test_a_directory_hides_a_file_of_the_same_name(void)
 {
 	meta *m = open_db("conflict.db", "");
@@ -1098,6 +1172,7 @@ int main(void)
 	test_recursive_listing_builds_the_tree_with_implicit_dirs();
 	test_one_level_listings_use_prefixes_and_own_marker();
 	test_relisting_keeps_head_data_of_unchanged_entries_only();
+	test_listing_adopts_last_modified_of_an_uploaded_entry();
 	test_a_directory_hides_a_file_of_the_same_name();
 	test_local_changes_delete_and_rename();
 	test_index_survives_close_and_reopen();
