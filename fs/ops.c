@@ -299,6 +299,22 @@ static int fetch_head(struct fs_ctx *ctx, const char *path, meta_entry *e)
 		goto out;
 	}
 	head_from_meta(&h.meta, &mh);
+	if (e->etag && strcmp(h.etag, e->etag) != 0 && h.size == e->size && !e->local &&
+	    h.last_modified_ns / 1000000000 == e->last_modified_ns / 1000000000) {
+		/* The same version under another ETag spelling: Swift lists the
+		 * MD5 of a server-side copied multipart object but answers HEAD
+		 * and GET with "...-N".  Reads are pinned to the ETag GET
+		 * honours, so the index takes the HEAD's. */
+		meta_entry fixed = *e;
+		fixed.etag = h.etag;
+		fixed.head_etag = NULL;
+		if (meta_upsert(ctx->meta, path, &fixed) == 0) {
+			fs_log(FS_LOG_DEBUG, "%s: listed ETag %s, HEAD says %s: using the latter",
+			       path, e->etag, h.etag);
+			free(e->etag);
+			e->etag = strdup(h.etag);
+		}
+	}
 	if (e->etag && strcmp(h.etag, e->etag) != 0) {
 		/* Changed since it was listed: answer with what we saw, store
 		 * nothing; the next listing will catch up. */
