@@ -104,6 +104,8 @@ void meta_seen_free(struct meta_seen *s);
 int meta_sqlite_err(meta *m, struct meta_conn *c, int rc, const char *what);
 
 sqlite3_stmt *meta_stmt(meta *m, struct meta_conn *c, enum meta_stmt_id id);
+/* Saves the generation counter inside the current write transaction. */
+int meta_gen_save(meta *m, uint64_t gen);
 void meta_stmt_done(sqlite3_stmt *st);
 
 struct meta_conn *meta_reader_get(meta *m);

@@ -268,6 +268,8 @@ static int meta_apply_dir(struct meta_listing *l, const char *path, bool marker,
 		return err;
 	if (!r.found)
 		return meta_put(l, MS_INSERT, path, true, marker, size, etag, lm, NULL, NULL);
+	if (r.gen > l->gen)
+		return 0; /* changed after this listing began */
 	if (r.local)
 		return meta_touch(l, path, NULL, NULL);
 	if (!r.is_dir) {
@@ -340,6 +342,10 @@ static int meta_apply_file(struct meta_listing *l, const char *path, const meta_
 	if (!r.found)
 		return meta_put(l, MS_INSERT, path, false, false, o->size, o->etag,
 		                o->last_modified_ns, o->owner_id, o->owner_name);
+	/* Changed after this listing began (by this mount, or seen by a newer
+	 * listing): what this listing shows may be older, leave it. */
+	if (r.gen > l->gen)
+		return 0;
 	if (r.local)
 		return meta_touch(l, path, NULL, NULL);
 	if (r.is_dir) {
@@ -505,7 +511,7 @@ static int meta_apply_key(struct meta_listing *l, const char *key, const meta_ob
 	return meta_apply_file(l, l->buf, o);
 }
 
-static int meta_gen_save(meta *m, uint64_t gen)
+int meta_gen_save(meta *m, uint64_t gen)
 {
 	sqlite3_stmt *st = meta_stmt(m, &m->writer, MS_GEN_SAVE);
 

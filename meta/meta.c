@@ -140,7 +140,8 @@ static const char *const meta_sql[MS__COUNT] = {
                       " symlink = excluded.symlink, xattr = excluded.xattr,"
                       " list_gen = max(list_gen, excluded.list_gen)",
         [MS_CLEAR_LOCAL] = "UPDATE entries SET local = 0, etag = ?3, head_etag = ?3, size = ?4,"
-                           " last_modified_ns = ?5 WHERE parent = ?1 AND name = ?2",
+                           " last_modified_ns = ?5, list_gen = max(list_gen, ?6)"
+                           " WHERE parent = ?1 AND name = ?2",
         [MS_RENAME_ONE] = "UPDATE entries SET parent = ?3, name = ?4, local = (local OR ?5)"
                           " WHERE parent = ?1 AND name = ?2",
         /* Byte offsets: substr() on TEXT counts characters. */

@@ -183,9 +183,14 @@ static int meta_upsert_row(meta *m, const char *path, const meta_entry *e)
 	meta_bind_text(st, 19, e->symlink);
 	if (e->xattr)
 		sqlite3_bind_blob(st, 20, e->xattr, e->xattr_len, SQLITE_STATIC);
-	/* The newest generation handed out: a listing already running must
-	 * not sweep away what was just learnt. */
-	sqlite3_bind_int64(st, 21, (int64_t)m->gen);
+	/* A generation of its own, newer than any listing already running:
+	 * such a listing neither sweeps away nor overwrites what was just
+	 * learnt (it may have read the bucket before this change). */
+	uint64_t gen = ++m->gen;
+	int err = meta_gen_save(m, gen);
+	if (err)
+		return err;
+	sqlite3_bind_int64(st, 21, (int64_t)gen);
 	return meta_run(m, st, "upsert");
 }
 
@@ -389,7 +394,12 @@ int meta_clear_local(meta *m, const char *path, const char *etag, uint64_t size,
 	sqlite3_bind_text(st, 3, etag, -1, SQLITE_STATIC);
 	sqlite3_bind_int64(st, 4, (int64_t)size);
 	sqlite3_bind_int64(st, 5, last_modified_ns);
-	err = meta_run(m, st, "clear local");
+	/* Newer than any listing already running, as in meta_upsert_row(). */
+	uint64_t gen = ++m->gen;
+	sqlite3_bind_int64(st, 6, (int64_t)gen);
+	err = meta_gen_save(m, gen);
+	if (!err)
+		err = meta_run(m, st, "clear local");
 	if (!err && sqlite3_changes(m->writer.db) == 0)
 		err = -ENOENT;
 	return meta_end(m, err);

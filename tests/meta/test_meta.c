@@ -532,6 +532,37 @@ static void test_relisting_keeps_head_data_of_unchanged_entries_only(void)
  * not return it): a listing showing its ETag and size adopts the listed
  * LastModified and keeps its attributes; any other difference is a new
  * version. */
+/* A listing that read the bucket before this mount changed an entry must
+ * not put the older version back (a rename over a file, racing a relisting). */
+static void test_a_listing_older_than_a_local_change_leaves_it(void)
+{
+	meta *m = open_db("race.db", "");
+	meta_object old_page[] = {obj("f", 10, "\"old\"")};
+	meta_entry up = {.local = true, .size = 20, .has = META_HAS_MTIME, .mtime_ns = LM0};
+	meta_listing *l;
+	meta_entry e;
+
+	CHECK_INT(list1(m, "/", META_LIST_RECURSIVE, old_page, 1, NULL, 0, NULL), 1);
+	/* A relisting begins and reads the old version ... */
+	CHECK_INT(meta_listing_begin(m, "/", META_LIST_RECURSIVE, NULL, NULL, &l), 0);
+	/* ... meanwhile this mount replaces the file and S3 confirms it ... */
+	CHECK_INT(meta_upsert(m, "/f", &up), 0);
+	CHECK_INT(meta_clear_local(m, "/f", "\"new\"", 20, 0), 0);
+	/* ... then the listing's page (the old version) arrives and commits. */
+	CHECK_INT(meta_listing_add_page(l, old_page, 1, NULL, 0), 0);
+	CHECK_INT(meta_listing_commit(l), 1);
+	CHECK_INT(meta_lookup(m, "/f", &e), 0);
+	CHECK_STR(e.etag, "\"new\"");
+	CHECK(e.size == 20);
+	meta_entry_clear(&e);
+	/* A listing begun after the change takes what S3 shows, as ever. */
+	CHECK_INT(list1(m, "/", META_LIST_RECURSIVE, old_page, 1, NULL, 0, NULL), 1);
+	CHECK_INT(meta_lookup(m, "/f", &e), 0);
+	CHECK_STR(e.etag, "\"old\"");
+	meta_entry_clear(&e);
+	meta_close(m);
+}
+
 static void test_listing_adopts_last_modified_of_an_uploaded_entry(void)
 {
 	meta *m = open_db("adopt.db", "");
@@ -1173,6 +1204,7 @@ int main(void)
 	test_one_level_listings_use_prefixes_and_own_marker();
 	test_relisting_keeps_head_data_of_unchanged_entries_only();
 	test_listing_adopts_last_modified_of_an_uploaded_entry();
+	test_a_listing_older_than_a_local_change_leaves_it();
 	test_a_directory_hides_a_file_of_the_same_name();
 	test_local_changes_delete_and_rename();
 	test_index_survives_close_and_reopen();
