@@ -16,27 +16,7 @@
 
 #include "fs.h"
 
-static int failures;
-
-#define CHECK(cond)                                                                                \
-	do {                                                                                       \
-		if (!(cond)) {                                                                     \
-			fprintf(stderr, "%s:%d: %s: check failed: %s\n", __FILE__, __LINE__,       \
-			        __func__, #cond);                                                  \
-			failures++;                                                                \
-		}                                                                                  \
-	} while (0)
-
-#define CHECK_STR(got, want)                                                                       \
-	do {                                                                                       \
-		const char *got_ = (got), *want_ = (want);                                         \
-		if (!got_ || strcmp(got_, want_) != 0) {                                           \
-			fprintf(stderr, "%s:%d: %s: %s\n  got:  \"%s\"\n  want: \"%s\"\n",         \
-			        __FILE__, __LINE__, __func__, #got, got_ ? got_ : "(null)",        \
-			        want_);                                                            \
-			failures++;                                                                \
-		}                                                                                  \
-	} while (0)
+#include "../check.h"
 
 static char tmpdir[] = "/tmp/bucketfs-test-options-XXXXXX";
 static char mnt[4096]; /* an empty directory */
