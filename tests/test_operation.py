@@ -450,7 +450,7 @@ def test_allow_other_and_default_permissions(s3rver, tmp_path):
                                                   'x-amz-meta-uid': '0', 'x-amz-meta-gid': '0'})
         assert status == 200, body
     # a mount point other users can reach (pytest's tmp_path is 0700)
-    top = tempfile.mkdtemp(prefix='bucketfs-perm-')
+    top = tempfile.mkdtemp(prefix='bucketfs-perm-', dir='/tmp')  # TMPDIR may be 0700
     os.chmod(top, 0o755)
 
     def as_nobody(*cmd):
