@@ -16,7 +16,10 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include <openssl/evp.h>
+
 #include "attr.h"
+#include "s3.h"
 
 static const char *skip_space(const char *s)
 {
@@ -30,9 +33,9 @@ static bool only_space(const char *s)
 	return *skip_space(s) == '\0';
 }
 
-int fs_parse_mode(const char *s, uint32_t *out)
+/* A decimal number up to `max`, blanks around it allowed. */
+static int parse_decimal(const char *s, unsigned long long max, unsigned long long *v)
 {
-	unsigned long long v;
 	char *end;
 
 	if (!s)
@@ -41,8 +44,17 @@ int fs_parse_mode(const char *s, uint32_t *out)
 	if (!isdigit((unsigned char)*s))
 		return -EINVAL;
 	errno = 0;
-	v = strtoull(s, &end, 10);
-	if (errno || !only_space(end) || v > 0177777)
+	*v = strtoull(s, &end, 10);
+	if (errno || !only_space(end) || *v > max)
+		return -EINVAL;
+	return 0;
+}
+
+int fs_parse_mode(const char *s, uint32_t *out)
+{
+	unsigned long long v;
+
+	if (parse_decimal(s, 0177777, &v))
 		return -EINVAL;
 	/* s3fs writes the whole st_mode; an object from elsewhere may carry
 	 * permission bits only: then it is a regular file. */
@@ -64,16 +76,9 @@ int fs_parse_mode(const char *s, uint32_t *out)
 int fs_parse_id(const char *s, uint32_t *out)
 {
 	unsigned long long v;
-	char *end;
 
-	if (!s)
-		return -EINVAL;
-	s = skip_space(s);
-	if (!isdigit((unsigned char)*s))
-		return -EINVAL;
-	errno = 0;
-	v = strtoull(s, &end, 10);
-	if (errno || !only_space(end) || v >= UINT32_MAX) /* (uid_t)-1 means "no change" */
+	/* (uid_t)-1 means "no change": not an owner. */
+	if (parse_decimal(s, UINT32_MAX - 1, &v))
 		return -EINVAL;
 	*out = (uint32_t)v;
 	return 0;
@@ -142,29 +147,6 @@ void fs_format_time(int64_t ns, char *buf, size_t len)
 
 /* ---------------------------------------------------------------- xattrs */
 
-/* s3fs's urlEncode: unreserved characters and '/' stay, the rest is %XX. */
-static char *url_encode(const char *s)
-{
-	static const char hex[] = "0123456789ABCDEF";
-	size_t n = strlen(s);
-	char *out = malloc(3 * n + 1), *o = out;
-
-	if (!out)
-		return NULL;
-	for (; *s; s++) {
-		unsigned char c = (unsigned char)*s;
-		if (isalnum(c) || c == '-' || c == '_' || c == '.' || c == '~' || c == '/') {
-			*o++ = (char)c;
-		} else {
-			*o++ = '%';
-			*o++ = hex[c >> 4];
-			*o++ = hex[c & 15];
-		}
-	}
-	*o = '\0';
-	return out;
-}
-
 static int hexval(int c)
 {
 	if (c >= '0' && c <= '9')
@@ -194,54 +176,49 @@ static char *url_decode(const char *s, size_t len)
 	return out;
 }
 
-static const char b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
 static char *base64_encode(const unsigned char *in, size_t len)
 {
-	char *out = malloc(4 * ((len + 2) / 3) + 1), *o = out;
+	char *out = malloc(4 * ((len + 2) / 3) + 1);
 
-	if (!out)
-		return NULL;
-	for (size_t i = 0; i < len; i += 3) {
-		uint32_t v = (uint32_t)in[i] << 16;
-		if (i + 1 < len)
-			v |= (uint32_t)in[i + 1] << 8;
-		if (i + 2 < len)
-			v |= in[i + 2];
-		*o++ = b64[(v >> 18) & 63];
-		*o++ = b64[(v >> 12) & 63];
-		*o++ = i + 1 < len ? b64[(v >> 6) & 63] : '=';
-		*o++ = i + 2 < len ? b64[v & 63] : '=';
-	}
-	*o = '\0';
+	if (out)
+		EVP_EncodeBlock((unsigned char *)out, in, (int)len);
 	return out;
 }
 
-/* Lenient: stops at '=' or the end, skips nothing else.  -EINVAL on a
- * character outside the alphabet. */
+/* Lenient as s3fs is: the text ends at the first '=' or the end, padding
+ * may be missing; -EINVAL on any character outside the alphabet. */
 static int base64_decode(const char *in, size_t len, unsigned char **out, size_t *out_len)
 {
-	unsigned char *buf = malloc(len / 4 * 3 + 3), *o = buf;
-	uint32_t acc = 0;
-	int bits = 0;
+	const char *eq = memchr(in, '=', len);
+	size_t n = eq ? (size_t)(eq - in) : len, full;
+	unsigned char *buf;
+	char *padded;
+	int got;
 
-	if (!buf)
-		return -ENOMEM;
-	for (size_t i = 0; i < len && in[i] != '='; i++) {
-		const char *p = strchr(b64, in[i]);
-		if (!p || !in[i]) {
-			free(buf);
+	/* EVP_DecodeBlock skips blanks at the ends; this format has none. */
+	for (size_t i = 0; i < n; i++)
+		if (!isalnum((unsigned char)in[i]) && in[i] != '+' && in[i] != '/')
 			return -EINVAL;
-		}
-		acc = acc << 6 | (uint32_t)(p - b64);
-		bits += 6;
-		if (bits >= 8) {
-			bits -= 8;
-			*o++ = (unsigned char)(acc >> bits);
-		}
+	if (n % 4 == 1)
+		n--; /* six bits, not a byte */
+	full = (n + 3) / 4 * 4;
+	padded = malloc(full + 1);
+	buf = malloc(full / 4 * 3 + 1);
+	if (!padded || !buf) {
+		free(padded);
+		free(buf);
+		return -ENOMEM;
+	}
+	memcpy(padded, in, n);
+	memset(padded + n, '=', full - n);
+	got = EVP_DecodeBlock(buf, (const unsigned char *)padded, (int)full);
+	free(padded);
+	if (got < 0) {
+		free(buf);
+		return -EINVAL;
 	}
 	*out = buf;
-	*out_len = (size_t)(o - buf);
+	*out_len = (size_t)got - (full - n); /* DecodeBlock counts the padding */
 	return 0;
 }
 
@@ -374,7 +351,7 @@ int fs_xattrs_format(const struct fs_xattrs *x, char **out)
 		free(b);
 	}
 	snprintf(json + used, cap - used, "}");
-	enc = url_encode(json);
+	enc = s3_uri_encode(json, true); /* s3fs's urlEncode: "/" stays */
 	free(json);
 	if (!enc)
 		return -ENOMEM;

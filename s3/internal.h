@@ -21,14 +21,6 @@ typedef struct s3_kv {
 	const char *value;
 } s3_kv;
 
-/* URI-encodes `s` as SigV4 wants: every byte except A-Z a-z 0-9 - _ . ~ is
- * %XX (upper-case hex); '/' is kept when keep_slash.  malloc'd, NULL on ENOMEM. */
-char *s3_uri_encode(const char *s, bool keep_slash);
-
-/* Decodes %XX (and nothing else; '+' stays '+').  malloc'd, NULL on bad
- * input or ENOMEM. */
-char *s3_uri_decode(const char *s);
-
 typedef struct s3_sigv4_input {
 	const char *method; /* "GET" */
 	const char *host;   /* Host header value, ":port" included if not default */

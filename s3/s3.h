@@ -72,6 +72,16 @@ int s3_error_errno(const s3_error *err);
 /* "HTTP 404 NoSuchKey: The specified key does not exist. (request id ...)" */
 void s3_error_format(const s3_error *err, char *buf, size_t len);
 
+/* ---------------------------------------------------------------- encoding */
+
+/* URI-encodes `s` as SigV4 wants: every byte except A-Z a-z 0-9 - _ . ~ is
+ * %XX (upper-case hex); '/' is kept when keep_slash.  malloc'd, NULL on ENOMEM. */
+char *s3_uri_encode(const char *s, bool keep_slash);
+
+/* Decodes %XX (and nothing else; '+' stays '+').  malloc'd, NULL on bad
+ * input or ENOMEM. */
+char *s3_uri_decode(const char *s);
+
 /* ---------------------------------------------------------------- metadata */
 
 /* User metadata: names are lower-case, without the "x-amz-meta-" prefix. */
