@@ -707,7 +707,7 @@ static int cache_blk_write(cache *c, struct cache_obj *o, uint64_t off, uint64_t
 			done += (uint64_t)n;
 		}
 	} else {
-		rc = c->cfg.fetch(c->cfg.fetch_ctx, o->key, o->etag, off, len, o->fd, off);
+		rc = c->cfg.fetch(c->cfg.fetch_ctx, o->key, o->etag, off, len, o->fd, off, NULL);
 		if (rc > 0)
 			rc = -EIO; /* not part of the contract */
 	}
@@ -814,7 +814,7 @@ static int cache_stream(cache *c, const char *key, const char *etag, uint64_t of
 
 	if (fd < 0)
 		return -errno;
-	rc = c->cfg.fetch(c->cfg.fetch_ctx, key, etag, off, len, fd, 0);
+	rc = c->cfg.fetch(c->cfg.fetch_ctx, key, etag, off, len, fd, 0, NULL);
 	if (rc > 0)
 		rc = -EIO;
 	if (!rc)
@@ -863,22 +863,176 @@ static int cache_read_block(cache *c, struct cache_obj *o, uint64_t idx, uint64_
 	return rc;
 }
 
-int cache_fetch_block(cache *c, struct cache_obj *o, uint64_t idx, bool prefetch)
-{
-	struct cache_blk *b = NULL;
-	int rc;
+/* A run: contiguous blocks of one object fetched with one request.  The
+ * fetcher holds a pin on each block until it is published (present) or
+ * failed. */
+struct cache_progress {
+	cache *c;
+	struct cache_obj *o;
+	struct cache_blk **blk; /* the run's blocks, consecutive indexes */
+	unsigned n;
+	unsigned done; /* blocks published */
+	bool prefetch;
+};
 
+/* Publishes blocks [p->done, k) of a run: synced, recorded, present, and
+ * handed to the LRU.  Called without c->lock.  On failure (the sync, or a
+ * full disk when recording) the blocks from p->done on are left for
+ * cache_run_fail(). */
+static int cache_run_publish(struct cache_progress *p, unsigned k)
+{
+	cache *c = p->c;
+	struct cache_obj *o = p->o;
+	int rc = 0;
+
+	if (k <= p->done)
+		return 0;
+	if (!c->cfg.no_sync && fdatasync(o->fd) < 0)
+		return -errno;
 	pthread_mutex_lock(&c->lock);
-	rc = cache_blk_acquire(c, o, idx, false, &b);
+	for (; p->done < k; p->done++) {
+		struct cache_blk *b = p->blk[p->done];
+
+		if (!o->dead) {
+			int r = cache_db_insert_blk(c, o->id, b->idx, c->seq + 1);
+
+			if (cache_nospace(r) && cache_make_room_locked(c, 0) == 0)
+				r = cache_db_insert_blk(c, o->id, b->idx, c->seq + 1);
+			if (cache_nospace(r)) {
+				rc = r;
+				break;
+			}
+			if (r)
+				cache_log(c, CACHE_LOG_WARNING,
+				          "cache: could not record a block of %s; it will be "
+				          "refetched after a restart",
+				          o->key);
+		}
+		c->fetching_bytes -= b->charge;
+		b->state = BLK_PRESENT;
+		c->st.miss_bytes += cache_blk_len(o, c->bs, b->idx);
+		if (p->prefetch)
+			c->st.prefetch_count++;
+		cache_blk_unpin(c, b);
+	}
+	pthread_cond_broadcast(&c->cond);
 	pthread_mutex_unlock(&c->lock);
-	if (rc != CACHE_ACQ_FETCH)
-		return rc < 0 ? rc : 1;
-	rc = cache_blk_fill(c, b, NULL);
+	return rc;
+}
+
+/* Fails the blocks of a run not published: their data is punched out
+ * (under the lock, so no new fetch of them starts writing first) and their
+ * waiters get rc. */
+static void cache_run_fail(struct cache_progress *p, int rc)
+{
+	cache *c = p->c;
+	struct cache_obj *o = p->o;
+
+	if (p->done >= p->n)
+		return;
 	pthread_mutex_lock(&c->lock);
-	if (!rc && prefetch)
-		c->st.prefetch_count++;
-	cache_blk_unpin(c, b);
+	(void)cache_punch(c, o->fd, p->blk[p->done]->idx * c->bs,
+	                  (uint64_t)(p->n - p->done) * c->bs);
+	for (unsigned i = p->done; i < p->n; i++) {
+		struct cache_blk *b = p->blk[i];
+
+		c->fetching_bytes -= b->charge;
+		cache_blk_detach(c, b);
+		b->state = BLK_FAILED;
+		b->err = rc;
+		cache_blk_unpin(c, b);
+	}
+	p->done = p->n;
+	if (cache_nospace(rc)) {
+		(void)cache_make_room_locked(c, 0);
+		cache_log(c, CACHE_LOG_INFO, "cache: disk full; blocks of %s are not cached",
+		          o->key);
+	} else {
+		c->st.fetch_errors++;
+	}
+	pthread_cond_broadcast(&c->cond);
 	pthread_mutex_unlock(&c->lock);
+}
+
+/* Blocks published at a time while nobody waits for them: fewer syncs. */
+#define CACHE_PUBLISH_BATCH 4
+
+int cache_fetch_progress(cache_progress *p, uint64_t done)
+{
+	cache *c = p->c;
+	uint64_t first = p->blk[0]->idx, end = first * c->bs + done, k;
+
+	if (end >= p->o->size)
+		k = p->n;
+	else
+		k = end / c->bs - first;
+	if (k > p->n)
+		k = p->n;
+	if (k <= p->done)
+		return 0;
+	if (k < p->n && k - p->done < CACHE_PUBLISH_BATCH) {
+		bool waited;
+
+		/* A waiter holds a pin of its own. */
+		pthread_mutex_lock(&c->lock);
+		waited = p->blk[p->done]->pins > 1;
+		pthread_mutex_unlock(&c->lock);
+		if (!waited)
+			return 0;
+	}
+	return cache_run_publish(p, (unsigned)k);
+}
+
+/* Fetches the missing blocks among [idx, idx + n) of o: each stretch of
+ * contiguous missing blocks with one request, skipping blocks present or
+ * being fetched.  Stops where a block finds no room (prefetch never
+ * streams).  Returns 0 or the first error; o is referenced by the caller. */
+int cache_fetch_run(cache *c, struct cache_obj *o, uint64_t idx, unsigned n, bool prefetch)
+{
+	uint64_t end = idx + n, nb = cache_nblocks(o->size, c->bs);
+	struct cache_blk **blk;
+	int rc = 0;
+
+	if (end > nb)
+		end = nb;
+	if (idx >= end)
+		return 0;
+	blk = calloc(end - idx, sizeof(*blk));
+	if (!blk)
+		return -ENOMEM;
+	while (idx < end) {
+		struct cache_progress p = {.c = c, .o = o, .blk = blk, .prefetch = prefetch};
+		uint64_t off, len;
+		int acq = 0;
+
+		pthread_mutex_lock(&c->lock);
+		while (idx < end && cache_blk_lookup(c, o, idx))
+			idx++;
+		while (idx + p.n < end) {
+			struct cache_blk *b = NULL;
+
+			acq = cache_blk_acquire(c, o, idx + p.n, false, &b);
+			if (acq != CACHE_ACQ_FETCH)
+				break;
+			blk[p.n++] = b;
+		}
+		pthread_mutex_unlock(&c->lock);
+		if (p.n == 0)
+			break; /* the end, no room, or ENOMEM */
+		off = idx * c->bs;
+		len = (idx + p.n) * c->bs < o->size ? p.n * c->bs : o->size - off;
+		rc = c->cfg.fetch(c->cfg.fetch_ctx, o->key, o->etag, off, len, o->fd, off, &p);
+		if (rc > 0)
+			rc = -EIO; /* not part of the contract */
+		if (!rc)
+			rc = cache_run_publish(&p, p.n);
+		if (rc)
+			cache_run_fail(&p, rc);
+		idx += p.n;
+		if (rc || acq == CACHE_ACQ_NOROOM || acq < 0)
+			break;
+	}
+	free(blk);
 	return rc;
 }
 
@@ -1121,7 +1275,7 @@ int cache_open(const cache_config *cfg, cache **out)
 	if (!c->cfg.block_size)
 		c->cfg.block_size = 1U << 20;
 	if (!c->cfg.prefetch_window)
-		c->cfg.prefetch_window = 8;
+		c->cfg.prefetch_window = 64;
 	if (!c->cfg.prefetch_parallel)
 		c->cfg.prefetch_parallel = 4;
 	if (!c->cfg.prefetch_threads)

@@ -68,12 +68,20 @@
  *
  * Read-ahead: a cache_reader watches its reads.  After two reads that each
  * continue the previous one (start at or after the previous start and at most
- * one block past the previous end) it keeps up to `prefetch_window` blocks
- * ahead of the reader fetched, at most `prefetch_parallel` of them in flight
- * at once, on a pool of `prefetch_threads` worker threads.  A read elsewhere
- * stops read-ahead until the pattern is sequential again.  Prefetch never
- * discards content of another etag and never streams; closing a reader drops
- * its queued prefetches and waits for the ones already fetching.
+ * one block past the previous end) it keeps a window of blocks ahead of the
+ * reader fetched or being fetched.  The window starts at 4 blocks and doubles
+ * with every request up to `prefetch_window` blocks (and at most a quarter of
+ * the cap).  Missing blocks are fetched in runs: one request (one ranged GET)
+ * for up to 16 MiB of contiguous missing blocks, at most `prefetch_parallel`
+ * requests per reader in flight, on a pool of `prefetch_threads` worker
+ * threads.  A request is issued once half the window (or 16 MiB) is not
+ * requested yet.  Each block of a run is served as soon as its bytes are in
+ * (see cache_fetch_progress), so a reader waiting for the first block of a
+ * run does not wait for the whole run.  A read elsewhere stops read-ahead
+ * until the pattern is sequential again; random reads fetch only the block
+ * around each read.  Prefetch never discards content of another etag and
+ * never streams; closing a reader drops its queued prefetches and waits for
+ * the ones already fetching.
  *
  * Ownership: strings and buffers passed in are borrowed for the call; a
  * cache_reader keeps its own copies.
@@ -96,9 +104,18 @@
  * -ESTALE when the object no longer has that etag.  Called from reader
  * threads and from the prefetch pool, possibly many at once; no cache lock
  * is held.
+ *
+ * `progress` (NULL for some calls) lets a long fetch hand over what it has:
+ * the callback may call cache_fetch_progress(progress, done) whenever the
+ * first `done` bytes of the range are written, in increasing order; the
+ * cache then serves the whole blocks among them while the rest streams in.
+ * A negative return of cache_fetch_progress() must abort the fetch, which
+ * then returns that error.
  */
+typedef struct cache_progress cache_progress;
 typedef int (*cache_fetch_fn)(void *ctx, const char *key, const char *etag, uint64_t off,
-                              uint64_t len, int fd, uint64_t fd_off);
+                              uint64_t len, int fd, uint64_t fd_off, cache_progress *progress);
+int cache_fetch_progress(cache_progress *progress, uint64_t done) CACHE_WARN_UNUSED;
 
 enum cache_log_level { CACHE_LOG_ERR = 0, CACHE_LOG_WARNING, CACHE_LOG_INFO, CACHE_LOG_DEBUG };
 typedef void (*cache_log_fn)(int level, const char *fmt, va_list ap);
@@ -109,8 +126,8 @@ typedef struct cache_config {
 	uint32_t block_size;        /* multiple of 4096; 0: 1 MiB.  Changing it
 	                               between mounts empties the cache (staged
 	                               files are kept). */
-	unsigned prefetch_window;   /* blocks ahead; 0: 8 */
-	unsigned prefetch_parallel; /* in flight per reader; 0: 4 */
+	unsigned prefetch_window;   /* largest read-ahead in blocks; 0: 64 */
+	unsigned prefetch_parallel; /* requests in flight per reader; 0: 4 */
 	unsigned prefetch_threads;  /* worker pool; 0: 4 */
 	bool no_prefetch;           /* no read-ahead, no worker threads */
 	bool no_sync;               /* skip fdatasync before recording a block:

@@ -113,17 +113,19 @@ struct cache_reader {
 	uint64_t size;
 	struct cache_obj *obj; /* a reference that keeps the file open, or NULL */
 	bool has_prev;
-	uint64_t prev_off, next_off; /* the previous read */
-	unsigned run;                /* reads in a row that continued the previous */
-	uint64_t pf_next;            /* first block not yet considered for prefetch */
-	unsigned queued, inflight;   /* prefetch tasks */
+	uint64_t next_off;         /* where the reads so far end */
+	unsigned run;              /* reads in a row that continued the previous */
+	uint64_t pf_next;          /* first block not yet requested by prefetch */
+	unsigned win;              /* read-ahead window in blocks; 0: not sequential */
+	unsigned queued, inflight; /* prefetch tasks */
 	bool closing;
 };
 
 struct cache_task {
 	struct cache_list link; /* in c->queue */
 	cache_reader *r;
-	uint64_t idx;
+	uint64_t idx; /* first block of the run */
+	unsigned n;   /* blocks */
 };
 
 struct cache_stage {
@@ -210,7 +212,7 @@ static inline bool cache_nospace(int rc)
 {
 	return rc == -ENOSPC || rc == -EDQUOT;
 }
-int cache_fetch_block(cache *c, struct cache_obj *o, uint64_t idx, bool prefetch);
+int cache_fetch_run(cache *c, struct cache_obj *o, uint64_t idx, unsigned n, bool prefetch);
 
 /* db.c */
 int cache_db_open(cache *c);

@@ -2,9 +2,10 @@
  * reader.c - cache_reader: per-open-file sequential detection and read-ahead
  * on a pool of worker threads.
  *
- * A reader only queues tasks (block numbers); the workers fetch them through
- * the same block path as demand reads, so a demand read of a block being
- * prefetched waits for that fetch instead of starting another.  A task holds
+ * A reader only queues tasks (runs of blocks); the workers reserve the
+ * missing blocks of a run like demand reads do and fetch them with one
+ * request, so a demand read of a block being prefetched waits for that fetch
+ * (and is woken as soon as that block is in) instead of starting another.  A task holds
  * its reader through r->queued / r->inflight; cache_reader_close() unqueues
  * what has not started and waits for the rest, so no worker touches a freed
  * reader.
@@ -14,6 +15,11 @@
 #include <string.h>
 
 #include "internal.h"
+
+/* The first read-ahead window, in blocks; it doubles with every request. */
+#define CACHE_WIN_START 4
+/* The most one read-ahead request fetches. */
+#define CACHE_RUN_MAX (16ULL << 20)
 
 static void *cache_worker(void *arg)
 {
@@ -39,7 +45,7 @@ static void *cache_worker(void *arg)
 		o = cache_obj_get_prefetch(c, r->key, r->etag, r->size);
 		pthread_mutex_unlock(&c->lock);
 		if (o) {
-			int rc = cache_fetch_block(c, o, t->idx, true);
+			int rc = cache_fetch_run(c, o, t->idx, t->n, true);
 
 			if (rc < 0)
 				cache_log(c, CACHE_LOG_DEBUG, "cache: prefetch of %s failed: %s",
@@ -101,7 +107,8 @@ void cache_pool_stop(cache *c)
 void cache_reader_schedule(cache_reader *r, struct cache_obj *o, uint64_t off, size_t len)
 {
 	cache *c = r->c;
-	uint64_t bs = c->bs, nb = cache_nblocks(r->size, bs), last, idx, to;
+	uint64_t bs = c->bs, nb = cache_nblocks(r->size, bs), last;
+	unsigned max, run_max;
 	bool seq;
 
 	if (r->obj != o) {
@@ -111,40 +118,69 @@ void cache_reader_schedule(cache_reader *r, struct cache_obj *o, uint64_t off, s
 		r->obj = o;
 	}
 
-	/* Continuing the previous read, allowing for the kernel's read-ahead
-	 * requests to arrive a little out of order. */
-	seq = r->has_prev && off >= r->prev_off && off <= r->next_off + bs;
+	/* Continuing the reads so far, allowing for the kernel's read-ahead
+	 * requests to arrive a little out of order (parallel FUSE threads):
+	 * within a block of where they ended. */
+	seq = r->has_prev && off + bs >= r->next_off && off <= r->next_off + bs;
 	r->run = seq ? r->run + 1 : 0;
-	if (!seq)
+	if (!seq) {
 		r->pf_next = 0;
+		r->win = 0;
+	}
 	r->has_prev = true;
-	r->prev_off = off;
-	r->next_off = off + len;
+	if (!seq || off + len > r->next_off)
+		r->next_off = off + len;
 	if (c->nthreads == 0 || r->run < 2 || r->closing)
 		return;
 
+	/* The window: up to prefetch_window blocks, and no more than a
+	 * quarter of the cap, so read-ahead does not evict what the reader is
+	 * about to read. */
+	max = c->cfg.prefetch_window;
+	if (max > c->cfg.size / 4 / bs)
+		max = (unsigned)(c->cfg.size / 4 / bs);
+	if (max == 0)
+		max = 1;
+	if (r->win == 0)
+		r->win = max < CACHE_WIN_START ? max : CACHE_WIN_START;
+	run_max = (unsigned)(CACHE_RUN_MAX / bs);
+	if (run_max == 0)
+		run_max = 1;
+
 	last = (off + len - 1) / bs;
-	to = last + c->cfg.prefetch_window;
-	if (to >= nb)
-		to = nb - 1;
-	idx = r->pf_next > last + 1 ? r->pf_next : last + 1;
-	for (; idx <= to; idx++) {
+	if (r->pf_next <= last)
+		r->pf_next = last + 1;
+	for (;;) {
+		uint64_t to = last + 1 + r->win, want;
+		unsigned n, threshold = (r->win + 1) / 2;
 		struct cache_task *t;
 
-		if (cache_blk_lookup(c, o, idx)) {
-			r->pf_next = idx + 1; /* present or being fetched */
-			continue;
-		}
-		if (r->queued + r->inflight >= c->cfg.prefetch_parallel)
+		if (to > nb)
+			to = nb;
+		/* Present or being fetched: nothing to ask for. */
+		while (r->pf_next < to && cache_blk_lookup(c, o, r->pf_next))
+			r->pf_next++;
+		if (r->pf_next >= to || r->queued + r->inflight >= c->cfg.prefetch_parallel)
 			break;
+		want = to - r->pf_next;
+		if (threshold > run_max)
+			threshold = run_max;
+		/* Fewer, larger requests: wait until a good part of the window
+		 * is not requested, unless that is the end of the object. */
+		if (want < threshold && to < nb)
+			break;
+		n = want < run_max ? (unsigned)want : run_max;
 		t = calloc(1, sizeof(*t));
 		if (!t)
 			break;
 		t->r = r;
-		t->idx = idx;
+		t->idx = r->pf_next;
+		t->n = n;
 		cache_list_add_tail(&c->queue, &t->link);
 		r->queued++;
-		r->pf_next = idx + 1;
+		r->pf_next += n;
+		if (r->win < max)
+			r->win = r->win * 2 < max ? r->win * 2 : max;
 		pthread_cond_signal(&c->pool_cond);
 	}
 }

@@ -186,12 +186,13 @@ static int cache_stage_fill(cache *c, const char *key, const char *etag, uint64_
 			cache_blk_unpin(c, b);
 			pthread_mutex_unlock(&c->lock);
 		} else {
-			rc = c->cfg.fetch(c->cfg.fetch_ctx, key, etag, off, len, fd, off);
+			rc = c->cfg.fetch(c->cfg.fetch_ctx, key, etag, off, len, fd, off, NULL);
 			if (rc > 0)
 				rc = -EIO;
 			if (cache_nospace(rc) && cache_make_room(c, len) == 0) {
 				/* Cached blocks gave their space: once more. */
-				rc = c->cfg.fetch(c->cfg.fetch_ctx, key, etag, off, len, fd, off);
+				rc = c->cfg.fetch(c->cfg.fetch_ctx, key, etag, off, len, fd, off,
+				                  NULL);
 				if (rc > 0)
 					rc = -EIO;
 			}

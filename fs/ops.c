@@ -816,25 +816,67 @@ char *fs_stats_text(struct fs_ctx *ctx)
 
 /* ---------------------------------------------------------------- fetch */
 
+struct fetch_sink {
+	int fd;
+	uint64_t fd_base, obj_base, len;
+	uint64_t got; /* bytes [0, got) of the range are written */
+	cache_progress *progress;
+};
+
+/* Writes a GET body into the cache's file and tells the cache how far it
+ * got, so that it serves each block of a long read-ahead as it arrives. */
+static int fetch_sink_write(void *arg, uint64_t offset, const void *data, size_t len)
+{
+	struct fetch_sink *f = arg;
+	uint64_t rel = offset - f->obj_base;
+	const char *p = data;
+
+	if (rel + len > f->len)
+		return -EOVERFLOW;
+	if (rel + len <= f->got)
+		return 0; /* delivered again after a retry: written already */
+	if (rel < f->got) {
+		p += f->got - rel;
+		len -= (size_t)(f->got - rel);
+		rel = f->got;
+	}
+	if (rel != f->got)
+		return -EIO; /* a gap: the body is not what was asked for */
+	while (len) {
+		ssize_t n = pwrite(f->fd, p, len, (off_t)(f->fd_base + rel));
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		p += n;
+		len -= (size_t)n;
+		rel += (uint64_t)n;
+	}
+	f->got = rel;
+	return f->progress ? cache_fetch_progress(f->progress, f->got) : 0;
+}
+
 int fs_fetch(void *arg, const char *key, const char *etag, uint64_t off, uint64_t len, int fd,
-             uint64_t fd_off)
+             uint64_t fd_off, cache_progress *progress)
 {
 	struct fs_ctx *ctx = arg;
 	s3_get_params gp = {.offset = off, .length = len, .if_match = etag && *etag ? etag : NULL};
-	uint64_t got = 0;
+	struct fetch_sink sink = {
+	        .fd = fd, .fd_base = fd_off, .obj_base = off, .len = len, .progress = progress};
 	s3_error err;
 	int r;
 
 	if (!len)
 		return 0;
-	r = s3_get_object_fd(ctx->s3, key, &gp, fd, fd_off, &got, NULL, &err);
+	r = s3_get_object(ctx->s3, key, &gp, fetch_sink_write, &sink, NULL, &err);
 	if (r) {
 		char desc[300];
 		s3_error_format(&err, desc, sizeof(desc));
 		fs_log(r == -ESTALE ? FS_LOG_INFO : FS_LOG_WARNING, "reading %s: %s", key, desc);
 		return r;
 	}
-	return got == len ? 0 : -EIO;
+	return sink.got == len ? 0 : -EIO;
 }
 
 /* ---------------------------------------------------------------- init */

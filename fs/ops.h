@@ -62,7 +62,7 @@ char *fs_stats_text(struct fs_ctx *ctx);
 
 /* The content cache's fetch callback: a ranged GET pinned to the ETag. */
 int fs_fetch(void *ctx, const char *key, const char *etag, uint64_t off, uint64_t len, int fd,
-             uint64_t fd_off);
+             uint64_t fd_off, cache_progress *progress);
 
 /* Drops a result on purpose (a best-effort cleanup already logged, or one
  * whose failure changes nothing); a (void) cast does not silence

@@ -49,7 +49,7 @@
 #define FS_DEF_MP_UMASK          022
 #define FS_DEF_CACHE_SIZE        FS_GIB
 #define FS_DEF_BLOCK_SIZE        FS_MIB
-#define FS_DEF_PREFETCH          8
+#define FS_DEF_PREFETCH          64
 #define FS_DEF_PREFETCH_PARALLEL 4
 #define FS_DEF_LIST_TTL          60
 #define FS_DEF_SMALL_FILE_SIZE   FS_MIB
@@ -164,7 +164,7 @@ static const struct fs_opt fs_opts[] = {
          "SIZE", "1G", "hard cap on cached file contents; least recently used goes first"},
         {"block_size", FS_OPT_SIZE, FS_GROUP_CACHE, FS_OFF(block_size), 0, 4 * FS_KIB, 64 * FS_MIB,
          "SIZE", "1M", "unit of fetching and eviction (a multiple of 4K)"},
-        {"prefetch", FS_OPT_UINT, FS_GROUP_CACHE, FS_OFF(prefetch), 0, 0, 1024, "BLOCKS", "8",
+        {"prefetch", FS_OPT_UINT, FS_GROUP_CACHE, FS_OFF(prefetch), 0, 0, 1024, "BLOCKS", "64",
          "blocks fetched ahead of a sequential reader; 0: no read-ahead"},
         {"prefetch_parallel", FS_OPT_UINT, FS_GROUP_CACHE, FS_OFF(prefetch_parallel), 0, 1, 64, "N",
          "4", "read-ahead requests in flight per reader"},

@@ -121,6 +121,12 @@ struct fake {
 	uint64_t disk_limit;
 	char disk_dir[256];
 	atomic_int nospace; /* fetches that failed so */
+	/* Probing a run: once 4 MiB of a fetch of probe_key have been handed
+	 * over, read the fetch's first bytes back through the cache. */
+	void *probe_cache;
+	char probe_key[64];
+	uint64_t probe_size;
+	atomic_int probes, probe_hits;
 };
 
 static struct fake fk;
@@ -150,10 +156,31 @@ static void fake_reset(void)
 	fk.disk_limit = 0;
 	fk.disk_dir[0] = '\0';
 	atomic_store(&fk.nospace, 0);
+	fk.probe_cache = NULL;
+	fk.probe_key[0] = '\0';
+	atomic_store(&fk.probes, 0);
+	atomic_store(&fk.probe_hits, 0);
+}
+
+static bool content_ok(const char *key, const char *etag, uint64_t off, size_t len,
+                       const unsigned char *got);
+
+/* While a fetch is running: its first bytes, handed over already, are read
+ * back through the cache, which must serve them without another fetch. */
+static void fake_probe(struct fake *f, const char *key, const char *etag, uint64_t off)
+{
+	unsigned char tmp[4096];
+	int calls = atomic_load(&f->calls);
+	ssize_t n = cache_read(f->probe_cache, key, etag, f->probe_size, off, sizeof(tmp), tmp);
+
+	atomic_fetch_add(&f->probes, 1);
+	if (n == (ssize_t)sizeof(tmp) && content_ok(key, etag, off, sizeof(tmp), tmp) &&
+	    atomic_load(&f->calls) == calls)
+		atomic_fetch_add(&f->probe_hits, 1);
 }
 
 static int fake_fetch(void *ctx, const char *key, const char *etag, uint64_t off, uint64_t len,
-                      int fd, uint64_t fd_off)
+                      int fd, uint64_t fd_off, cache_progress *progress)
 {
 	struct fake *f = ctx;
 	unsigned char *buf;
@@ -196,8 +223,10 @@ static int fake_fetch(void *ctx, const char *key, const char *etag, uint64_t off
 		len /= 2;
 		rc = -ENOSPC;
 	}
+	/* In pieces of 256 KiB, reporting progress as a GET's sink does. */
 	for (uint64_t done = 0; done < len;) {
-		ssize_t w = pwrite(fd, buf + done, len - done, (off_t)(fd_off + done));
+		uint64_t piece = len - done < 256 * 1024 ? len - done : 256 * 1024;
+		ssize_t w = pwrite(fd, buf + done, piece, (off_t)(fd_off + done));
 
 		if (w < 0) { /* a real full disk (the tmpfs scenario) */
 			rc = -errno;
@@ -205,6 +234,17 @@ static int fake_fetch(void *ctx, const char *key, const char *etag, uint64_t off
 		}
 		REQUIRE(w > 0);
 		done += (uint64_t)w;
+		if (progress && !rc) {
+			int p = cache_fetch_progress(progress, done);
+
+			if (p) {
+				rc = p;
+				break;
+			}
+			if (f->probe_cache && !strcmp(key, f->probe_key) && done == 4 * MiB &&
+			    len > done)
+				fake_probe(f, key, etag, off);
+		}
 	}
 	free(buf);
 	if (!rc)
@@ -554,7 +594,11 @@ static void test_sequential_reading_prefetches_in_parallel(void)
 	CHECK(atomic_load(&fk.max_running) > 1);
 	CHECK(st.prefetch_count >= 16);
 	CHECK(ahead > 0);
-	CHECK(atomic_load(&fk.calls) == 24); /* each block once: no duplicate fetch */
+	/* Each block once, no duplicate fetch, and in runs: block 0 on demand,
+	 * then requests of 4, 8 and 16 blocks as the window grows, at most. */
+	CHECK(atomic_load(&fk.bytes) == size);
+	CHECK(atomic_load(&fk.calls) <= 5);
+	fprintf(stderr, "  sequential 24 MiB: %d fetches\n", atomic_load(&fk.calls));
 	/* Informational: wall-clock time is too noisy on a loaded machine to
 	 * assert; max_running above is the proof of parallelism. */
 	fprintf(stderr, "  sequential 24 MiB at 40 ms per fetch: %.3f s (%.2f s one at a time)\n",
@@ -597,6 +641,47 @@ static void test_random_reads_fetch_only_what_they_touch(void)
 	cache_get_stats(c, &st);
 	CHECK(atomic_load(&fk.calls) == distinct);
 	CHECK(st.prefetch_count == 0);
+	cache_close(c);
+}
+
+static void test_a_run_serves_its_blocks_as_they_arrive(void)
+{
+	char dir[256];
+	cache_config cfg;
+	cache *c;
+	cache_reader *r;
+	cache_stats st;
+	uint64_t size = 64 * MiB;
+	unsigned char *buf = malloc(128 * 1024);
+
+	REQUIRE(buf);
+	fake_reset();
+	make_dir(dir, sizeof(dir));
+	cfg = config(dir, 256 * MiB);
+	c = open_cache(&cfg);
+	fk.probe_cache = c;
+	snprintf(fk.probe_key, sizeof(fk.probe_key), "early");
+	fk.probe_size = size;
+	r = cache_reader_open(c, "early", "\"e\"", size);
+	REQUIRE(r);
+	for (uint64_t off = 0; off < size; off += 128 * 1024) {
+		ssize_t n = cache_reader_read(r, off, 128 * 1024, buf);
+
+		CHECK(n == 128 * 1024 && content_ok("early", "\"e\"", off, 128 * 1024, buf));
+	}
+	cache_reader_close(r);
+	cache_get_stats(c, &st);
+	/* Runs longer than 4 blocks were probed in the middle: their first
+	 * blocks were served while the rest was still coming. */
+	CHECK(atomic_load(&fk.probes) > 0);
+	CHECK(atomic_load(&fk.probe_hits) == atomic_load(&fk.probes));
+	/* 64 blocks in: block 0, then runs of 4, 8, 16, 16, 16 and the rest. */
+	CHECK(atomic_load(&fk.bytes) == size);
+	CHECK(atomic_load(&fk.calls) <= 8);
+	CHECK(st.miss_bytes == size && st.prefetch_count == 63);
+	fprintf(stderr, "  sequential 64 MiB: %d fetches, %d probed\n", atomic_load(&fk.calls),
+	        atomic_load(&fk.probes));
+	free(buf);
 	cache_close(c);
 }
 
@@ -1343,6 +1428,7 @@ int main(void)
 	test_content_and_lru_order_survive_a_reopen();
 	test_sequential_reading_prefetches_in_parallel();
 	test_random_reads_fetch_only_what_they_touch();
+	test_a_run_serves_its_blocks_as_they_arrive();
 	test_closing_a_reader_stops_its_prefetch();
 	test_a_failed_fetch_returns_its_error_and_caches_nothing();
 	test_readers_of_one_missing_block_share_one_fetch();

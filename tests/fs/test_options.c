@@ -201,7 +201,7 @@ static void test_defaults(void)
 		CHECK_STR(cfg.cache_dir, "/xdg/cache/bucketfs");
 	}
 	CHECK(cfg.cache_size == 1ULL << 30 && cfg.block_size == 1 << 20);
-	CHECK(cfg.prefetch == 8 && cfg.prefetch_parallel == 4);
+	CHECK(cfg.prefetch == 64 && cfg.prefetch_parallel == 4);
 	CHECK(cfg.list_ttl == 60 && cfg.small_file_size == 1 << 20);
 	CHECK(cfg.max_dirty == 1ULL << 30);
 	CHECK(cfg.async_close_max == 1 << 20 && !cfg.sync_upload);
