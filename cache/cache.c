@@ -864,33 +864,65 @@ static int cache_read_block(cache *c, struct cache_obj *o, uint64_t idx, uint64_
 }
 
 /* A run: contiguous blocks of one object fetched with one request.  The
- * fetcher holds a pin on each block until it is published (present) or
- * failed. */
+ * fetcher holds a pin on each block until it is recorded or failed.  A block
+ * goes through three steps: written (its bytes are in the file: it becomes
+ * BLK_PRESENT and its waiters are woken, but it stays pinned), recorded
+ * (synced and in the index: unpinned, in the LRU), or failed. */
 struct cache_progress {
 	cache *c;
 	struct cache_obj *o;
 	struct cache_blk **blk; /* the run's blocks, consecutive indexes */
 	unsigned n;
-	unsigned done; /* blocks published */
+	unsigned ready; /* blocks written: [0, ready) are BLK_PRESENT */
+	unsigned done;  /* blocks recorded and unpinned */
+	int err;        /* a failed sync: the object was dropped */
 	bool prefetch;
 };
 
-/* Publishes blocks [p->done, k) of a run: synced, recorded, present, and
- * handed to the LRU.  Called without c->lock.  On failure (the sync, or a
- * full disk when recording) the blocks from p->done on are left for
- * cache_run_fail(). */
-static int cache_run_publish(struct cache_progress *p, unsigned k)
+/* Blocks [p->ready, k) are written: serve them. */
+static void cache_run_ready(struct cache_progress *p, unsigned k)
+{
+	cache *c = p->c;
+
+	if (k <= p->ready)
+		return;
+	pthread_mutex_lock(&c->lock);
+	for (; p->ready < k; p->ready++) {
+		struct cache_blk *b = p->blk[p->ready];
+
+		c->fetching_bytes -= b->charge;
+		b->state = BLK_PRESENT;
+		c->st.miss_bytes += cache_blk_len(p->o, c->bs, b->idx);
+		if (p->prefetch)
+			c->st.prefetch_count++;
+	}
+	pthread_cond_broadcast(&c->cond);
+	pthread_mutex_unlock(&c->lock);
+}
+
+/* Syncs and records the written blocks [p->done, p->ready) and unpins them.
+ * If the sync fails, the data may not reach the disk, yet readers may have
+ * pinned the blocks: the whole object is dropped (its file unlinked; readers
+ * in the middle of a block finish it from the page cache, later ones fetch
+ * again into a new file) rather than punched under them.  A row that cannot
+ * be written leaves its block unrecorded: fetched again after a restart. */
+static void cache_run_record(struct cache_progress *p)
 {
 	cache *c = p->c;
 	struct cache_obj *o = p->o;
-	int rc = 0;
 
-	if (k <= p->done)
-		return 0;
-	if (!c->cfg.no_sync && fdatasync(o->fd) < 0)
-		return -errno;
+	if (p->done >= p->ready)
+		return;
+	if (!p->err && !c->cfg.no_sync && fdatasync(o->fd) < 0)
+		p->err = -errno;
 	pthread_mutex_lock(&c->lock);
-	for (; p->done < k; p->done++) {
+	if (p->err && !o->dead) {
+		cache_log(c, CACHE_LOG_WARNING,
+		          "cache: syncing %s: %s; dropping its cached content", o->key,
+		          strerror(-p->err));
+		cache_obj_drop(c, o);
+	}
+	for (; p->done < p->ready; p->done++) {
 		struct cache_blk *b = p->blk[p->done];
 
 		if (!o->dead) {
@@ -898,42 +930,31 @@ static int cache_run_publish(struct cache_progress *p, unsigned k)
 
 			if (cache_nospace(r) && cache_make_room_locked(c, 0) == 0)
 				r = cache_db_insert_blk(c, o->id, b->idx, c->seq + 1);
-			if (cache_nospace(r)) {
-				rc = r;
-				break;
-			}
 			if (r)
 				cache_log(c, CACHE_LOG_WARNING,
-				          "cache: could not record a block of %s; it will be "
+				          "cache: could not record a block of %s (%s); it will be "
 				          "refetched after a restart",
-				          o->key);
+				          o->key, strerror(-r));
 		}
-		c->fetching_bytes -= b->charge;
-		b->state = BLK_PRESENT;
-		c->st.miss_bytes += cache_blk_len(o, c->bs, b->idx);
-		if (p->prefetch)
-			c->st.prefetch_count++;
 		cache_blk_unpin(c, b);
 	}
-	pthread_cond_broadcast(&c->cond);
 	pthread_mutex_unlock(&c->lock);
-	return rc;
 }
 
-/* Fails the blocks of a run not published: their data is punched out
- * (under the lock, so no new fetch of them starts writing first) and their
- * waiters get rc. */
+/* Fails the blocks of a run not written: their data is punched out (under
+ * the lock, so no new fetch of them starts writing first) and their waiters
+ * get rc. */
 static void cache_run_fail(struct cache_progress *p, int rc)
 {
 	cache *c = p->c;
 	struct cache_obj *o = p->o;
 
-	if (p->done >= p->n)
+	if (p->ready >= p->n)
 		return;
 	pthread_mutex_lock(&c->lock);
-	(void)cache_punch(c, o->fd, p->blk[p->done]->idx * c->bs,
-	                  (uint64_t)(p->n - p->done) * c->bs);
-	for (unsigned i = p->done; i < p->n; i++) {
+	(void)cache_punch(c, o->fd, p->blk[p->ready]->idx * c->bs,
+	                  (uint64_t)(p->n - p->ready) * c->bs);
+	for (unsigned i = p->ready; i < p->n; i++) {
 		struct cache_blk *b = p->blk[i];
 
 		c->fetching_bytes -= b->charge;
@@ -942,7 +963,7 @@ static void cache_run_fail(struct cache_progress *p, int rc)
 		b->err = rc;
 		cache_blk_unpin(c, b);
 	}
-	p->done = p->n;
+	p->ready = p->done = p->n;
 	if (cache_nospace(rc)) {
 		(void)cache_make_room_locked(c, 0);
 		cache_log(c, CACHE_LOG_INFO, "cache: disk full; blocks of %s are not cached",
@@ -954,8 +975,8 @@ static void cache_run_fail(struct cache_progress *p, int rc)
 	pthread_mutex_unlock(&c->lock);
 }
 
-/* Blocks published at a time while nobody waits for them: fewer syncs. */
-#define CACHE_PUBLISH_BATCH 4
+/* Written blocks synced and recorded at a time: fewer syncs. */
+#define CACHE_RECORD_BATCH 8
 
 int cache_fetch_progress(cache_progress *p, uint64_t done)
 {
@@ -968,19 +989,10 @@ int cache_fetch_progress(cache_progress *p, uint64_t done)
 		k = end / c->bs - first;
 	if (k > p->n)
 		k = p->n;
-	if (k <= p->done)
-		return 0;
-	if (k < p->n && k - p->done < CACHE_PUBLISH_BATCH) {
-		bool waited;
-
-		/* A waiter holds a pin of its own. */
-		pthread_mutex_lock(&c->lock);
-		waited = p->blk[p->done]->pins > 1;
-		pthread_mutex_unlock(&c->lock);
-		if (!waited)
-			return 0;
-	}
-	return cache_run_publish(p, (unsigned)k);
+	cache_run_ready(p, (unsigned)k);
+	if (p->ready - p->done >= CACHE_RECORD_BATCH)
+		cache_run_record(p);
+	return p->err;
 }
 
 /* Fetches the missing blocks among [idx, idx + n) of o: each stretch of
@@ -1025,7 +1037,11 @@ int cache_fetch_run(cache *c, struct cache_obj *o, uint64_t idx, unsigned n, boo
 		if (rc > 0)
 			rc = -EIO; /* not part of the contract */
 		if (!rc)
-			rc = cache_run_publish(&p, p.n);
+			cache_run_ready(&p, p.n);
+		/* What was written is kept, even when the rest failed. */
+		cache_run_record(&p);
+		if (!rc)
+			rc = p.err;
 		if (rc)
 			cache_run_fail(&p, rc);
 		idx += p.n;
@@ -1099,6 +1115,12 @@ ssize_t cache_read_common(cache *c, cache_reader *r, const char *key, const char
 
 		if (part > len - done)
 			part = len - done;
+		if (r) {
+			pthread_mutex_lock(&c->lock);
+			if (r->queued && !r->closing && !cache_blk_lookup(c, o, idx))
+				cache_reader_take_run(r, o, idx);
+			pthread_mutex_unlock(&c->lock);
+		}
 		rc = cache_read_block(c, o, idx, pos, (size_t)part, (char *)buf + done);
 		if (rc)
 			break;

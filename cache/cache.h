@@ -10,9 +10,12 @@
  *  - An object is identified by (key, etag, size).  Content is only ever
  *    served for the etag it was fetched with: reading a key with another etag
  *    or size first discards everything cached for the key.
- *  - A block is recorded as present (in memory and in the index) only after
- *    its data has been written and fdatasync'ed; it is forgotten in the index
- *    before its data is punched out.  After a crash (kill -9, power loss) the
+ *  - A block is recorded as present in the index only after its data has
+ *    been written and fdatasync'ed; it is forgotten in the index before its
+ *    data is punched out.  A block of a read-ahead run is served (from the
+ *    page cache) as soon as its bytes are written, and stays pinned until it
+ *    is synced and recorded; if that sync fails, the object's content is
+ *    dropped.  After a crash (kill -9, power loss) the
  *    cache may forget blocks but never serves bytes that were not fetched for
  *    that etag: at open, data the index does not know is punched out.
  *  - `size` in cache_config is a hard cap on the disk space of cached (clean)

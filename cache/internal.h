@@ -230,6 +230,7 @@ int cache_db_load(cache *c);
 /* reader.c */
 int cache_pool_start(cache *c);
 void cache_reader_schedule(cache_reader *r, struct cache_obj *o, uint64_t off, size_t len);
+void cache_reader_take_run(cache_reader *r, struct cache_obj *o, uint64_t idx);
 void cache_pool_stop(cache *c);
 
 /* stage.c */

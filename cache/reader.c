@@ -185,6 +185,38 @@ void cache_reader_schedule(cache_reader *r, struct cache_obj *o, uint64_t off, s
 	}
 }
 
+/* Called by the read path with c->lock held when block idx, which the read
+ * needs now, is missing: if one of r's queued read-ahead runs covers it (no
+ * worker has taken it up yet), the reader fetches that run itself rather
+ * than fetching the block alone and the run's other blocks later.  Drops
+ * c->lock meanwhile. */
+void cache_reader_take_run(cache_reader *r, struct cache_obj *o, uint64_t idx)
+{
+	cache *c = r->c;
+	struct cache_list *l;
+
+	for (l = c->queue.next; l != &c->queue; l = l->next) {
+		struct cache_task *t = cache_container_of(l, struct cache_task, link);
+		int rc;
+
+		if (t->r != r || idx < t->idx || idx >= t->idx + t->n)
+			continue;
+		cache_list_del(&t->link);
+		r->queued--;
+		r->inflight++;
+		pthread_mutex_unlock(&c->lock);
+		rc = cache_fetch_run(c, o, idx, (unsigned)(t->idx + t->n - idx), true);
+		if (rc < 0)
+			cache_log(c, CACHE_LOG_DEBUG, "cache: read-ahead of %s failed: %s", r->key,
+			          strerror(-rc));
+		pthread_mutex_lock(&c->lock);
+		r->inflight--;
+		pthread_cond_broadcast(&c->cond);
+		free(t);
+		return;
+	}
+}
+
 cache_reader *cache_reader_open(cache *c, const char *key, const char *etag, uint64_t size)
 {
 	cache_reader *r = calloc(1, sizeof(*r));

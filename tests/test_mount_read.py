@@ -5,6 +5,7 @@ sees, s3fs metadata, request counts from the index, freshness, the cache cap.
 
 import hashlib
 import os
+import random
 import stat
 import subprocess
 import time
@@ -210,6 +211,73 @@ def test_cache_size_is_a_hard_cap(s3server, bucket, tmp_path):
         print('peak cache content: %d bytes (cap %d)' % (peak, cap))
         assert peak <= cap
         assert m.stats()['cache_bytes'] <= cap
+
+
+def patterned(n_mib):
+    """n_mib MiB whose every MiB differs (a block served at the wrong offset
+    shows)."""
+    chunk = os.urandom(1 << 20)
+    return b''.join(chunk[:-8] + i.to_bytes(8, 'little') for i in range(n_mib))
+
+
+def test_cold_sequential_read_fetches_in_few_requests(s3server, bucket, tmp_path):
+    """Read-ahead fetches runs of missing blocks with one ranged GET each:
+    block 0 on demand, then runs as the window grows 4, 8, 16, 32, 64 blocks
+    with at most 16 MiB (16 blocks) per request: 1 + 4 + 4 + 8 + 16 ... for
+    64 MiB is 7 requests; the bound allows a few more for reads the kernel
+    sends out of order."""
+    data = patterned(64)
+    bulk_put(s3server, bucket, {'big': data}, workers=1)
+    with Mount(s3server, bucket, tmp_path) as m:
+        path = os.path.join(m.mp, 'big')
+        assert os.stat(path).st_size == len(data)
+        before = m.stats()
+        h = hashlib.sha256()
+        with open(path, 'rb') as f:
+            while True:
+                b = f.read(1 << 20)
+                if not b:
+                    break
+                h.update(b)
+        after = m.stats()
+        assert h.digest() == hashlib.sha256(data).digest()
+        gets = after['requests_get'] - before['requests_get']
+        down = after['bytes_down'] - before['bytes_down']
+        print('64 MiB cold sequential read: %d GETs, %d bytes down' % (gets, down))
+        assert gets <= 10
+        assert down == len(data)           # each byte once
+        assert after['cache_prefetch_blocks'] >= 60
+
+
+def test_random_reads_fetch_only_the_blocks_they_touch(s3server, bucket, tmp_path):
+    """4 KiB reads at random offsets fetch the 1 MiB block around each read
+    and nothing ahead of it (kernel read-ahead off with POSIX_FADV_RANDOM, as
+    random readers do); a rare pair of reads that look sequential may start
+    one read-ahead of 4 blocks, allowed for."""
+    data = patterned(64)
+    bulk_put(s3server, bucket, {'rnd': data}, workers=1)
+    rng = random.Random(6)
+    offsets = [rng.randrange(0, len(data) - 4096) for _ in range(40)]
+    blocks = {b for off in offsets for b in (off >> 20, (off + 4095) >> 20)}
+    with Mount(s3server, bucket, tmp_path) as m:
+        path = os.path.join(m.mp, 'rnd')
+        assert os.stat(path).st_size == len(data)
+        before = m.stats()
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+            for off in offsets:
+                assert os.pread(fd, 4096, off) == data[off:off + 4096], off
+        finally:
+            os.close(fd)
+        after = m.stats()
+        gets = after['requests_get'] - before['requests_get']
+        down = after['bytes_down'] - before['bytes_down']
+        print('%d random 4 KiB reads over %d blocks: %d GETs, %d bytes down' % (
+            len(offsets), len(blocks), gets, down))
+        assert gets <= len(blocks) + 1
+        assert down <= (len(blocks) + 4) << 20
+        assert down < len(data) * 3 // 4   # far from reading it all
 
 
 def test_one_gib_sequential_read_throughput(s3rver, tmp_path):
