@@ -12,7 +12,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
-#include <malloc.h>
 #include <pwd.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -246,15 +245,6 @@ int main(int argc, char **argv)
 
 	if (argc >= 2 && strcmp(argv[1], "stats") == 0)
 		return stats_command(argc, argv);
-
-	/* libfuse mallocs a fresh buffer for every read request (128 KiB to
-	 * 1 MiB) and frees it after the reply.  With glibc's defaults such a
-	 * buffer goes back to the kernel each time (munmap, or trimming the
-	 * heap), so every read faults in and zeroes new pages: that doubled
-	 * the CPU time of a cached sequential read.  Keep them in the heap: at
-	 * most a few MiB more per malloc arena. */
-	mallopt(M_MMAP_THRESHOLD, 4 << 20);
-	mallopt(M_TRIM_THRESHOLD, 8 << 20);
 
 	fs_config_init(&cfg);
 	r = fs_options_parse(argc, argv, &cfg, &args);
