@@ -167,7 +167,10 @@ def test_changes_behind_the_back_appear_after_list_ttl(s3server, bucket, tmp_pat
         assert open(path('modify'), 'rb').read() == b'old contents'
         t_listed = time.monotonic()
         bulk_put(s3server, bucket, {'new': b'new', 'modify': b'NEW CONTENTS!'})
-        s3server.aws('s3', 'rm', 's3://%s/delete' % bucket)
+        # a signed DELETE, not aws-cli: its start-up alone can take longer
+        # than list_ttl on a loaded machine
+        status, _, body = s3server.request('DELETE', '/%s/delete' % bucket)
+        assert status in (200, 204), (status, body[:300])
         # before list_ttl: the old view
         assert sorted(os.listdir(m.mp)) == ['delete', 'keep', 'modify', 'sub']
         assert open(path('modify'), 'rb').read() == b'old contents'
@@ -222,10 +225,11 @@ def patterned(n_mib):
 
 def test_cold_sequential_read_fetches_in_few_requests(s3server, bucket, tmp_path):
     """Read-ahead fetches runs of missing blocks with one ranged GET each:
-    block 0 on demand, then runs as the window grows 4, 8, 16, 32, 64 blocks
-    with at most 16 MiB (16 blocks) per request: 1 + 4 + 4 + 8 + 16 ... for
-    64 MiB is 7 requests; the bound allows a few more for reads the kernel
-    sends out of order."""
+    the first read's blocks on demand (the kernel's 1 MiB reads may span two
+    blocks), then runs as the window grows 4, 8, 16, 32, 64 blocks with at
+    most 16 MiB (16 blocks) per request: 2 + 4, 4, 8, 16, 16, 16 blocks for
+    64 MiB is 8 requests (one GET per block would be 64); the bound allows a
+    few more for reads the kernel sends out of order."""
     data = patterned(64)
     bulk_put(s3server, bucket, {'big': data}, workers=1)
     with Mount(s3server, bucket, tmp_path) as m:
@@ -244,7 +248,7 @@ def test_cold_sequential_read_fetches_in_few_requests(s3server, bucket, tmp_path
         gets = after['requests_get'] - before['requests_get']
         down = after['bytes_down'] - before['bytes_down']
         print('64 MiB cold sequential read: %d GETs, %d bytes down' % (gets, down))
-        assert gets <= 10
+        assert gets <= 12
         assert down == len(data)           # each byte once
         assert after['cache_prefetch_blocks'] >= 60
 
