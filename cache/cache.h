@@ -70,8 +70,9 @@
  * cache) fetch only the bytes asked for.
  *
  * Read-ahead: a cache_reader watches its reads.  After two reads that each
- * continue the previous one (start at or after the previous start and at most
- * one block past the previous end) it keeps a window of blocks ahead of the
+ * continue the ones before (start within a block, or four times the largest
+ * read, of where they ended: the kernel's requests arrive somewhat out of
+ * order) it keeps a window of blocks ahead of the
  * reader fetched or being fetched.  The window starts at 4 blocks and doubles
  * with every request up to `prefetch_window` blocks (and at most a quarter of
  * the cap).  Missing blocks are fetched in runs: one request (one ranged GET)

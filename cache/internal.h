@@ -114,6 +114,7 @@ struct cache_reader {
 	struct cache_obj *obj; /* a reference that keeps the file open, or NULL */
 	bool has_prev;
 	uint64_t next_off;         /* where the reads so far end */
+	size_t max_len;            /* the largest read */
 	unsigned run;              /* reads in a row that continued the previous */
 	uint64_t pf_next;          /* first block not yet requested by prefetch */
 	unsigned win;              /* read-ahead window in blocks; 0: not sequential */

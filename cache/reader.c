@@ -107,7 +107,7 @@ void cache_pool_stop(cache *c)
 void cache_reader_schedule(cache_reader *r, struct cache_obj *o, uint64_t off, size_t len)
 {
 	cache *c = r->c;
-	uint64_t bs = c->bs, nb = cache_nblocks(r->size, bs), last;
+	uint64_t bs = c->bs, nb = cache_nblocks(r->size, bs), last, slack;
 	unsigned max, run_max;
 	bool seq;
 
@@ -119,9 +119,13 @@ void cache_reader_schedule(cache_reader *r, struct cache_obj *o, uint64_t off, s
 	}
 
 	/* Continuing the reads so far, allowing for the kernel's read-ahead
-	 * requests to arrive a little out of order (parallel FUSE threads):
-	 * within a block of where they ended. */
-	seq = r->has_prev && off + bs >= r->next_off && off <= r->next_off + bs;
+	 * requests to arrive out of order (several in flight, parallel FUSE
+	 * threads): within a block, or four of the largest reads, of where
+	 * they ended. */
+	if (len > r->max_len)
+		r->max_len = len;
+	slack = 4 * (uint64_t)r->max_len > bs ? 4 * (uint64_t)r->max_len : bs;
+	seq = r->has_prev && off + slack >= r->next_off && off <= r->next_off + slack;
 	r->run = seq ? r->run + 1 : 0;
 	if (!seq) {
 		r->pf_next = 0;
