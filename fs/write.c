@@ -1122,6 +1122,7 @@ int fs_create(const char *path, mode_t mode, struct fuse_file_info *fi)
 	r = wb_handle_new(ctx, f, fi);
 	if (r)
 		wb_put(ctx, f);
+	fs_dir_touch(ctx, path);
 	return r;
 }
 
