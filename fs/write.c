@@ -351,6 +351,33 @@ void fs_wb_overlay(struct fs_ctx *ctx, const char *path, meta_entry *e)
 
 /* ---------------------------------------------------------------- staging */
 
+/*
+ * The version f was opened on is gone from S3 (a fetch pinned to its ETag
+ * got 412): if the index knows a newer one that S3 has confirmed - this
+ * mount's own upload of the file by a handle that closed just before f was
+ * made from the index, or a listing - f takes it.  Only before f is staged:
+ * nothing of the old version has been changed yet, so nothing is lost or
+ * mixed.  Returns true when f now names another version.  f->lock held.
+ */
+static bool wb_refresh_version(struct fs_ctx *ctx, struct fs_file *f)
+{
+	meta_entry e;
+	bool changed = false;
+
+	if (f->fd >= 0 || f->unlinked || meta_lookup(ctx->meta, f->path, &e))
+		return false;
+	if (!e.is_dir && !e.local && e.etag && strcmp(e.etag, f->etag) != 0) {
+		fs_log(FS_LOG_INFO, "%s: version %s is gone, %s is current: using it", f->path,
+		       f->etag, e.etag);
+		snprintf(f->etag, sizeof(f->etag), "%s", e.etag);
+		f->size = f->base_size = e.size;
+		f->gen++; /* readers reopen on the new version */
+		changed = true;
+	}
+	meta_entry_clear(&e);
+	return changed;
+}
+
 /* Makes sure f has its staged copy.  f->lock held. */
 static int wb_stage(struct fs_ctx *ctx, struct fs_file *f, bool empty)
 {
@@ -361,6 +388,8 @@ static int wb_stage(struct fs_ctx *ctx, struct fs_file *f, bool empty)
 	/* A truncation to zero needs none of the old bytes: no download. */
 	r = cache_stage_open(ctx->cache, f->key, empty || !f->etag[0] ? NULL : f->etag,
 	                     empty ? 0 : f->size, &fd);
+	if (r == -ESTALE && wb_refresh_version(ctx, f))
+		r = cache_stage_open(ctx->cache, f->key, f->etag, f->size, &fd);
 	if (r) {
 		fs_log(FS_LOG_WARNING, "staging %s: %s", f->path, strerror(-r));
 		return r == -ESTALE ? -EIO : r;

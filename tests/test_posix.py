@@ -230,6 +230,39 @@ def test_truncate_ftruncate(d):
         os.close(fd)
 
 
+def test_truncate_and_pwrite_after_the_version_changed_under_an_open_file(s3server, tmp_path):
+    """A file held open (not changed) whose object is replaced: once the index
+    knows the new version, truncate and pwrite apply to it instead of failing
+    with EIO on the old one (the staging fetch pinned to the old ETag gets
+    412).  The same path serves the race of issue 7: this mount's own upload
+    of a shared file changing its ETag under a handle made just before."""
+    bucket = s3server.new_bucket()
+    old, new = os.urandom(100 * 1024), os.urandom(80 * 1024)
+    s3server.request('PUT', '/%s/d/x' % bucket, body=old)
+    with Mount(s3server, bucket, tmp_path, opts={'list_ttl': 1}) as m:
+        p = os.path.join(m.mp, 'd', 'x')
+        reader = os.open(p, os.O_RDONLY)
+        try:
+            assert os.pread(reader, 10, 0) == old[:10]
+            status, _, body = s3server.request('PUT', '/%s/d/x' % bucket, body=new)
+            assert status == 200, body
+            time.sleep(1.5)
+            os.listdir(os.path.dirname(p))          # a listing brings the new ETag
+            os.truncate(p, 50000)
+            fd = os.open(p, os.O_WRONLY)
+            try:
+                os.pwrite(fd, b'PW', 100)
+            finally:
+                os.close(fd)
+            want = new[:100] + b'PW' + new[102:50000]
+            assert os.pread(reader, 60000, 0) == want   # the open handle too
+        finally:
+            os.close(reader)
+        assert get(p) == want
+        m.remount()
+        assert get(p) == want
+
+
 # ---------------------------------------------------------------- names
 
 def test_unlink(d):
