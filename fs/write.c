@@ -263,36 +263,30 @@ static bool wb_dirty(const struct fs_file *f)
  */
 static void wb_retire(struct fs_ctx *ctx, struct fs_file *f)
 {
-	bool commit = false;
-	uint64_t size = 0;
-	char etag[S3_ETAG_MAX] = "", *key = NULL;
-
 	pthread_mutex_lock(&ctx->wb->lock);
 	pthread_mutex_lock(&f->lock);
 	if (f->in_table && !f->handles && !f->uploading && !f->queued && !f->held && !wb_dirty(f)) {
 		if (f->fd >= 0) {
 			close(f->fd);
 			f->fd = -1;
+			/* Committed before the row leaves the table: a new open
+			 * of the path, which cannot start until then, finds the
+			 * cached content.  Done after, it could open this staged
+			 * file as its own (cache_stage_open reuses a staged file)
+			 * and write into what the commit turns into the cached
+			 * content of the uploaded version. */
 			if (!f->unlinked && f->etag[0]) {
-				commit = true;
-				key = strdup(f->key);
-				size = f->size;
-				snprintf(etag, sizeof(etag), "%s", f->etag);
+				int r = cache_stage_commit(ctx->cache, f->key, f->etag, f->size);
+				if (r)
+					fs_log(FS_LOG_WARNING,
+					       "keeping the uploaded %s as cached content: %s",
+					       f->key, strerror(-r));
 			}
 		}
 		wb_table_remove_locked(ctx->wb, f);
 	}
 	pthread_mutex_unlock(&f->lock);
 	pthread_mutex_unlock(&ctx->wb->lock);
-	/* The row is gone from the table: a new open stages again, and finds
-	 * either this staged file (before the commit) or the cached blocks. */
-	if (commit && key) {
-		int r = cache_stage_commit(ctx->cache, key, etag, size);
-		if (r)
-			fs_log(FS_LOG_WARNING, "keeping the uploaded %s as cached content: %s", key,
-			       strerror(-r));
-	}
-	free(key);
 }
 
 /* A full cache disk: clean cached content gives its space, worth one more
@@ -1155,10 +1149,10 @@ int fs_create(const char *path, mode_t mode, struct fuse_file_info *fi)
 	return r;
 }
 
-int fs_read(const char *path, char *buf, size_t size, off_t off, struct fuse_file_info *fi)
+/* One read through handle h: from the staged copy, else from the version
+ * f names (-ESTALE when S3 no longer has it). */
+static ssize_t wb_read(struct fs_ctx *ctx, struct fs_handle *h, char *buf, size_t size, off_t off)
 {
-	struct fs_ctx *ctx = wb_ctx();
-	struct fs_handle *h = wb_handle(fi);
 	struct fs_file *f = h->f;
 	ssize_t n;
 
@@ -1202,6 +1196,24 @@ int fs_read(const char *path, char *buf, size_t size, off_t off, struct fuse_fil
 	n = h->reader ? cache_reader_read(h->reader, (uint64_t)off, size, buf) : -ENOMEM;
 	pthread_mutex_unlock(&h->lock);
 	free(key);
+	return n;
+}
+
+int fs_read(const char *path, char *buf, size_t size, off_t off, struct fuse_file_info *fi)
+{
+	struct fs_ctx *ctx = wb_ctx();
+	struct fs_handle *h = wb_handle(fi);
+	ssize_t n = wb_read(ctx, h, buf, size, off);
+
+	if (n == -ESTALE) {
+		/* The version is gone: read the one the index knows now, if
+		 * it knows a newer one (see wb_refresh_version). */
+		pthread_mutex_lock(&h->f->lock);
+		bool newer = wb_refresh_version(ctx, h->f);
+		pthread_mutex_unlock(&h->f->lock);
+		if (newer)
+			n = wb_read(ctx, h, buf, size, off);
+	}
 	if (n == -ESTALE) {
 		fs_log(FS_LOG_WARNING, "%s changed in the bucket while open; reopen it",
 		       path ? path : "(unlinked)");

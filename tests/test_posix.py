@@ -232,8 +232,8 @@ def test_truncate_ftruncate(d):
 
 def test_truncate_and_pwrite_after_the_version_changed_under_an_open_file(s3server, tmp_path):
     """A file held open (not changed) whose object is replaced: once the index
-    knows the new version, truncate and pwrite apply to it instead of failing
-    with EIO on the old one (the staging fetch pinned to the old ETag gets
+    knows the new version, reads, truncate and pwrite apply to it instead of
+    failing with EIO on the old one (a fetch pinned to the old ETag gets
     412).  The same path serves the race of issue 7: this mount's own upload
     of a shared file changing its ETag under a handle made just before."""
     bucket = s3server.new_bucket()
@@ -248,6 +248,11 @@ def test_truncate_and_pwrite_after_the_version_changed_under_an_open_file(s3serv
             assert status == 200, body
             time.sleep(1.5)
             os.listdir(os.path.dirname(p))          # a listing brings the new ETag
+            fd = os.open(p, os.O_RDONLY)            # shares the open file: old version
+            try:
+                assert os.read(fd, 100) == new[:100]
+            finally:
+                os.close(fd)
             os.truncate(p, 50000)
             fd = os.open(p, os.O_WRONLY)
             try:
