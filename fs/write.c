@@ -1051,6 +1051,47 @@ static int wb_open_file(struct fs_ctx *ctx, const char *path, struct fs_file **o
 	return 0;
 }
 
+/*
+ * Gives fi a handle of f (the caller's reference passes to it).  f was found
+ * in the table, but may have been retired since (no handle, nothing owed:
+ * out of the table, its staged file committed): a handle on it then would
+ * stage a file of its own beside the next open's.  -EAGAIN then, with the
+ * handle released: the caller opens again.
+ */
+static int wb_attach(struct fs_ctx *ctx, struct fs_file *f, struct fuse_file_info *fi)
+{
+	int r = wb_handle_new(ctx, f, fi);
+	bool live;
+
+	if (r) {
+		wb_put(ctx, f);
+		return r;
+	}
+	/* Retiring takes both locks and checks the handles: from here on it
+	 * leaves f alone, so in_table stays as it is now. */
+	pthread_mutex_lock(&ctx->wb->lock);
+	live = f->in_table;
+	pthread_mutex_unlock(&ctx->wb->lock);
+	if (live)
+		return 0;
+	fs_release(NULL, fi);
+	return -EAGAIN;
+}
+
+/* wb_open_file and wb_attach: a handle of the file of `path` in fi. */
+static int wb_open_handle(struct fs_ctx *ctx, const char *path, struct fuse_file_info *fi,
+                          struct fs_file **out)
+{
+	int r;
+
+	do {
+		r = wb_open_file(ctx, path, out);
+		if (!r)
+			r = wb_attach(ctx, *out, fi);
+	} while (r == -EAGAIN);
+	return r;
+}
+
 int fs_open(const char *path, struct fuse_file_info *fi)
 {
 	struct fs_ctx *ctx = wb_ctx();
@@ -1060,14 +1101,9 @@ int fs_open(const char *path, struct fuse_file_info *fi)
 
 	if (ctx->ro && (wr || (fi->flags & O_TRUNC)))
 		return -EROFS;
-	r = wb_open_file(ctx, path, &f);
+	r = wb_open_handle(ctx, path, fi, &f);
 	if (r)
 		return r;
-	r = wb_handle_new(ctx, f, fi);
-	if (r) {
-		wb_put(ctx, f);
-		return r;
-	}
 	if (wr && (fi->flags & O_TRUNC)) {
 		pthread_mutex_lock(&f->lock);
 		/* Even an empty file: O_TRUNC updates mtime and ctime. */
@@ -1106,11 +1142,10 @@ int fs_create(const char *path, mode_t mode, struct fuse_file_info *fi)
 		return -ENOTDIR;
 	f = wb_get(ctx, path);
 	if (f) {
-		/* Raced with another create or still uploading: open that one. */
-		r = wb_handle_new(ctx, f, fi);
-		if (r)
-			wb_put(ctx, f);
-		return r;
+		/* Raced with another create or still uploading: open that one
+		 * (or, if it was retired meanwhile, what it left). */
+		r = wb_attach(ctx, f, fi);
+		return r == -EAGAIN ? wb_open_handle(ctx, path, fi, &f) : r;
 	}
 	e.is_dir = false;
 	e.local = true;
@@ -1287,14 +1322,9 @@ int fs_wb_truncate_path(struct fs_ctx *ctx, const char *path, off_t size)
 	struct fs_file *f;
 	int r;
 
-	r = wb_open_file(ctx, path, &f);
+	r = wb_open_handle(ctx, path, &fi, &f);
 	if (r)
 		return r;
-	r = wb_handle_new(ctx, f, &fi);
-	if (r) {
-		wb_put(ctx, f);
-		return r;
-	}
 	pthread_mutex_lock(&f->lock);
 	r = wb_truncate_locked(ctx, f, (uint64_t)size);
 	pthread_mutex_unlock(&f->lock);
