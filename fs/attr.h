@@ -53,4 +53,13 @@ int fs_xattrs_set(struct fs_xattrs *x, const char *name, const void *value, size
 int fs_xattrs_remove(struct fs_xattrs *x, const char *name);
 void fs_xattrs_clear(struct fs_xattrs *x);
 
+/*
+ * The entries of `child`'s parent directory changed (a name was created,
+ * removed or renamed): the parent's mtime and ctime become now.  Kept in the
+ * index, not written to S3 (README "POSIX behaviour"); the mount's root is
+ * left as it is.  Never fails: a directory that vanished meanwhile is fine.
+ */
+struct fs_ctx;
+void fs_dir_touch(struct fs_ctx *ctx, const char *child);
+
 #endif

@@ -11,8 +11,10 @@
  * not uploaded yet only changes in the index: its upload carries them.
  *
  * Hard links cannot exist in S3: link() is EPERM.  The parent directory's
- * mtime/ctime is not rewritten on create/unlink/rename (one more copy per
- * change, as s3fs does only with update_parent_dir_stat).
+ * mtime/ctime change on create/unlink/rename in the index only (writing them
+ * to S3 would cost one more copy per change, as s3fs does only with
+ * update_parent_dir_stat); they reach S3 with the directory's next
+ * attribute change (chmod, chown, utimens, xattr).
  */
 #include <ctype.h>
 #include <errno.h>
@@ -56,6 +58,25 @@ static void dir_new_entry(meta_entry *e, mode_t mode, bool is_dir)
 	e->gid = fc->gid;
 	e->mtime_ns = e->ctime_ns = e->atime_ns = now;
 	e->last_modified_ns = now;
+}
+
+void fs_dir_touch(struct fs_ctx *ctx, const char *child)
+{
+	size_t len = strlen(child);
+	char parent[len + 1];
+	meta_entry e;
+	int r;
+
+	fs_parent_of(child, parent);
+	if (strcmp(parent, "/") == 0)
+		return;
+	/* Its attributes from S3 first (a HEAD, once per version of its
+	 * marker): a HEAD later would replace the times set here. */
+	if (fs_lookup(ctx, parent, &e) == 0)
+		meta_entry_clear(&e);
+	r = meta_set_dir_times(ctx->meta, parent, fs_now_ns());
+	if (r && r != -ENOENT)
+		fs_log(FS_LOG_DEBUG, "%s: could not update its mtime: %s", parent, strerror(-r));
 }
 
 /* The parent of path exists and is a directory; path itself does not
@@ -131,7 +152,10 @@ int fs_mknod(const char *path, mode_t mode, dev_t rdev)
 	if (r)
 		return r;
 	dir_new_entry(&e, S_IFREG | (mode & 07777), false);
-	return dir_put_entry(ctx, path, &e, "", 0);
+	r = dir_put_entry(ctx, path, &e, "", 0);
+	if (!r)
+		fs_dir_touch(ctx, path);
+	return r;
 }
 
 int fs_mkdir(const char *path, mode_t mode)
@@ -151,6 +175,7 @@ int fs_mkdir(const char *path, mode_t mode)
 		if (meta_listing_begin(ctx->meta, path, META_LIST_RECURSIVE, NULL, NULL, &l) == 0 &&
 		    meta_listing_commit(l) < 0)
 			fs_log(FS_LOG_DEBUG, "%s: could not mark it listed", path);
+		fs_dir_touch(ctx, path);
 	}
 	return r;
 }
@@ -168,6 +193,8 @@ int fs_symlink(const char *target, const char *path)
 	e.symlink = (char *)target;
 	r = dir_put_entry(ctx, path, &e, target, strlen(target));
 	e.symlink = NULL;
+	if (!r)
+		fs_dir_touch(ctx, path);
 	return r;
 }
 
@@ -235,6 +262,7 @@ int fs_unlink(const char *path)
 	if (r)
 		return r;
 	r = meta_delete(ctx->meta, path);
+	fs_dir_touch(ctx, path);
 	return r == -ENOENT ? 0 : r;
 }
 
@@ -283,6 +311,7 @@ int fs_rmdir(const char *path)
 	if (r)
 		return r;
 	r = meta_delete(ctx->meta, path);
+	fs_dir_touch(ctx, path);
 	return r == -ENOENT ? 0 : r;
 }
 
@@ -614,6 +643,7 @@ int fs_rename(const char *from, const char *to, unsigned int flags)
 		if (r == 0) {
 			r = dir_delete_key(ctx, from, false);
 			int d = meta_delete(ctx->meta, from);
+			fs_dir_touch(ctx, from);
 			return r ? r : (d == -ENOENT ? 0 : d);
 		}
 	}
@@ -650,6 +680,13 @@ int fs_rename(const char *from, const char *to, unsigned int flags)
 	if (!r)
 		r = fe.is_dir ? dir_rename_dir(ctx, from, to, &fe, to_exists)
 		              : dir_rename_file(ctx, from, to, to_exists);
+	if (!r) {
+		char fparent[flen + 1];
+		fs_parent_of(from, fparent);
+		fs_dir_touch(ctx, from);
+		if (strcmp(fparent, tparent) != 0)
+			fs_dir_touch(ctx, to);
+	}
 	meta_entry_clear(&fe);
 	return r;
 }

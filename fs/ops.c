@@ -414,6 +414,14 @@ int fs_lookup(struct fs_ctx *ctx, const char *path, meta_entry *e)
 	memset(e, 0, sizeof(*e));
 	if (len > 1 && path[len - 1] == '/')
 		return -ENOENT;
+	/* A component longer than NAME_MAX can be no key's: say so, as
+	 * POSIX does, before the index refuses it as malformed. */
+	for (const char *c = path; *c;) {
+		const char *end = strchrnul(++c, '/');
+		if (end - c > META_NAME_MAX)
+			return -ENAMETOOLONG;
+		c = end;
+	}
 	if (strcmp(path, "/") != 0) {
 		fs_parent_of(path, parent);
 		r = fs_ensure_listed(ctx, parent);

@@ -263,36 +263,30 @@ static bool wb_dirty(const struct fs_file *f)
  */
 static void wb_retire(struct fs_ctx *ctx, struct fs_file *f)
 {
-	bool commit = false;
-	uint64_t size = 0;
-	char etag[S3_ETAG_MAX] = "", *key = NULL;
-
 	pthread_mutex_lock(&ctx->wb->lock);
 	pthread_mutex_lock(&f->lock);
 	if (f->in_table && !f->handles && !f->uploading && !f->queued && !f->held && !wb_dirty(f)) {
 		if (f->fd >= 0) {
 			close(f->fd);
 			f->fd = -1;
+			/* Committed before the row leaves the table: a new open
+			 * of the path, which cannot start until then, finds the
+			 * cached content.  Done after, it could open this staged
+			 * file as its own (cache_stage_open reuses a staged file)
+			 * and write into what the commit turns into the cached
+			 * content of the uploaded version. */
 			if (!f->unlinked && f->etag[0]) {
-				commit = true;
-				key = strdup(f->key);
-				size = f->size;
-				snprintf(etag, sizeof(etag), "%s", f->etag);
+				int r = cache_stage_commit(ctx->cache, f->key, f->etag, f->size);
+				if (r)
+					fs_log(FS_LOG_WARNING,
+					       "keeping the uploaded %s as cached content: %s",
+					       f->key, strerror(-r));
 			}
 		}
 		wb_table_remove_locked(ctx->wb, f);
 	}
 	pthread_mutex_unlock(&f->lock);
 	pthread_mutex_unlock(&ctx->wb->lock);
-	/* The row is gone from the table: a new open stages again, and finds
-	 * either this staged file (before the commit) or the cached blocks. */
-	if (commit && key) {
-		int r = cache_stage_commit(ctx->cache, key, etag, size);
-		if (r)
-			fs_log(FS_LOG_WARNING, "keeping the uploaded %s as cached content: %s", key,
-			       strerror(-r));
-	}
-	free(key);
 }
 
 /* A full cache disk: clean cached content gives its space, worth one more
@@ -351,6 +345,33 @@ void fs_wb_overlay(struct fs_ctx *ctx, const char *path, meta_entry *e)
 
 /* ---------------------------------------------------------------- staging */
 
+/*
+ * The version f was opened on is gone from S3 (a fetch pinned to its ETag
+ * got 412): if the index knows a newer one that S3 has confirmed - this
+ * mount's own upload of the file by a handle that closed just before f was
+ * made from the index, or a listing - f takes it.  Only before f is staged:
+ * nothing of the old version has been changed yet, so nothing is lost or
+ * mixed.  Returns true when f now names another version.  f->lock held.
+ */
+static bool wb_refresh_version(struct fs_ctx *ctx, struct fs_file *f)
+{
+	meta_entry e;
+	bool changed = false;
+
+	if (f->fd >= 0 || f->unlinked || meta_lookup(ctx->meta, f->path, &e))
+		return false;
+	if (!e.is_dir && !e.local && e.etag && strcmp(e.etag, f->etag) != 0) {
+		fs_log(FS_LOG_INFO, "%s: version %s is gone, %s is current: using it", f->path,
+		       f->etag, e.etag);
+		snprintf(f->etag, sizeof(f->etag), "%s", e.etag);
+		f->size = f->base_size = e.size;
+		f->gen++; /* readers reopen on the new version */
+		changed = true;
+	}
+	meta_entry_clear(&e);
+	return changed;
+}
+
 /* Makes sure f has its staged copy.  f->lock held. */
 static int wb_stage(struct fs_ctx *ctx, struct fs_file *f, bool empty)
 {
@@ -361,6 +382,8 @@ static int wb_stage(struct fs_ctx *ctx, struct fs_file *f, bool empty)
 	/* A truncation to zero needs none of the old bytes: no download. */
 	r = cache_stage_open(ctx->cache, f->key, empty || !f->etag[0] ? NULL : f->etag,
 	                     empty ? 0 : f->size, &fd);
+	if (r == -ESTALE && wb_refresh_version(ctx, f))
+		r = cache_stage_open(ctx->cache, f->key, f->etag, f->size, &fd);
 	if (r) {
 		fs_log(FS_LOG_WARNING, "staging %s: %s", f->path, strerror(-r));
 		return r == -ESTALE ? -EIO : r;
@@ -1028,6 +1051,47 @@ static int wb_open_file(struct fs_ctx *ctx, const char *path, struct fs_file **o
 	return 0;
 }
 
+/*
+ * Gives fi a handle of f (the caller's reference passes to it).  f was found
+ * in the table, but may have been retired since (no handle, nothing owed:
+ * out of the table, its staged file committed): a handle on it then would
+ * stage a file of its own beside the next open's.  -EAGAIN then, with the
+ * handle released: the caller opens again.
+ */
+static int wb_attach(struct fs_ctx *ctx, struct fs_file *f, struct fuse_file_info *fi)
+{
+	int r = wb_handle_new(ctx, f, fi);
+	bool live;
+
+	if (r) {
+		wb_put(ctx, f);
+		return r;
+	}
+	/* Retiring takes both locks and checks the handles: from here on it
+	 * leaves f alone, so in_table stays as it is now. */
+	pthread_mutex_lock(&ctx->wb->lock);
+	live = f->in_table;
+	pthread_mutex_unlock(&ctx->wb->lock);
+	if (live)
+		return 0;
+	fs_release(NULL, fi);
+	return -EAGAIN;
+}
+
+/* wb_open_file and wb_attach: a handle of the file of `path` in fi. */
+static int wb_open_handle(struct fs_ctx *ctx, const char *path, struct fuse_file_info *fi,
+                          struct fs_file **out)
+{
+	int r;
+
+	do {
+		r = wb_open_file(ctx, path, out);
+		if (!r)
+			r = wb_attach(ctx, *out, fi);
+	} while (r == -EAGAIN);
+	return r;
+}
+
 int fs_open(const char *path, struct fuse_file_info *fi)
 {
 	struct fs_ctx *ctx = wb_ctx();
@@ -1037,14 +1101,9 @@ int fs_open(const char *path, struct fuse_file_info *fi)
 
 	if (ctx->ro && (wr || (fi->flags & O_TRUNC)))
 		return -EROFS;
-	r = wb_open_file(ctx, path, &f);
+	r = wb_open_handle(ctx, path, fi, &f);
 	if (r)
 		return r;
-	r = wb_handle_new(ctx, f, fi);
-	if (r) {
-		wb_put(ctx, f);
-		return r;
-	}
 	if (wr && (fi->flags & O_TRUNC)) {
 		pthread_mutex_lock(&f->lock);
 		/* Even an empty file: O_TRUNC updates mtime and ctime. */
@@ -1083,11 +1142,10 @@ int fs_create(const char *path, mode_t mode, struct fuse_file_info *fi)
 		return -ENOTDIR;
 	f = wb_get(ctx, path);
 	if (f) {
-		/* Raced with another create or still uploading: open that one. */
-		r = wb_handle_new(ctx, f, fi);
-		if (r)
-			wb_put(ctx, f);
-		return r;
+		/* Raced with another create or still uploading: open that one
+		 * (or, if it was retired meanwhile, what it left). */
+		r = wb_attach(ctx, f, fi);
+		return r == -EAGAIN ? wb_open_handle(ctx, path, fi, &f) : r;
 	}
 	e.is_dir = false;
 	e.local = true;
@@ -1122,13 +1180,14 @@ int fs_create(const char *path, mode_t mode, struct fuse_file_info *fi)
 	r = wb_handle_new(ctx, f, fi);
 	if (r)
 		wb_put(ctx, f);
+	fs_dir_touch(ctx, path);
 	return r;
 }
 
-int fs_read(const char *path, char *buf, size_t size, off_t off, struct fuse_file_info *fi)
+/* One read through handle h: from the staged copy, else from the version
+ * f names (-ESTALE when S3 no longer has it). */
+static ssize_t wb_read(struct fs_ctx *ctx, struct fs_handle *h, char *buf, size_t size, off_t off)
 {
-	struct fs_ctx *ctx = wb_ctx();
-	struct fs_handle *h = wb_handle(fi);
 	struct fs_file *f = h->f;
 	ssize_t n;
 
@@ -1172,6 +1231,24 @@ int fs_read(const char *path, char *buf, size_t size, off_t off, struct fuse_fil
 	n = h->reader ? cache_reader_read(h->reader, (uint64_t)off, size, buf) : -ENOMEM;
 	pthread_mutex_unlock(&h->lock);
 	free(key);
+	return n;
+}
+
+int fs_read(const char *path, char *buf, size_t size, off_t off, struct fuse_file_info *fi)
+{
+	struct fs_ctx *ctx = wb_ctx();
+	struct fs_handle *h = wb_handle(fi);
+	ssize_t n = wb_read(ctx, h, buf, size, off);
+
+	if (n == -ESTALE) {
+		/* The version is gone: read the one the index knows now, if
+		 * it knows a newer one (see wb_refresh_version). */
+		pthread_mutex_lock(&h->f->lock);
+		bool newer = wb_refresh_version(ctx, h->f);
+		pthread_mutex_unlock(&h->f->lock);
+		if (newer)
+			n = wb_read(ctx, h, buf, size, off);
+	}
 	if (n == -ESTALE) {
 		fs_log(FS_LOG_WARNING, "%s changed in the bucket while open; reopen it",
 		       path ? path : "(unlinked)");
@@ -1245,14 +1322,9 @@ int fs_wb_truncate_path(struct fs_ctx *ctx, const char *path, off_t size)
 	struct fs_file *f;
 	int r;
 
-	r = wb_open_file(ctx, path, &f);
+	r = wb_open_handle(ctx, path, &fi, &f);
 	if (r)
 		return r;
-	r = wb_handle_new(ctx, f, &fi);
-	if (r) {
-		wb_put(ctx, f);
-		return r;
-	}
 	pthread_mutex_lock(&f->lock);
 	r = wb_truncate_locked(ctx, f, (uint64_t)size);
 	pthread_mutex_unlock(&f->lock);

@@ -317,6 +317,13 @@ int meta_rename(meta *m, const char *from, const char *to, bool mark_local) META
 int meta_clear_local(meta *m, const char *path, const char *etag, uint64_t size,
                      int64_t last_modified_ns) META_WARN_UNUSED;
 
+/*
+ * Sets the mtime and ctime of the directory at `path` to `ns` (its entries
+ * changed), in the index only; the root (no row) is left as it is.
+ * -ENOENT if there is no such directory.
+ */
+int meta_set_dir_times(meta *m, const char *path, int64_t ns) META_WARN_UNUSED;
+
 /* ---------------------------------------------------------------- journal */
 
 /* One upload not yet confirmed by S3.  `state` and the encoding of `parts`

@@ -405,6 +405,41 @@ int meta_clear_local(meta *m, const char *path, const char *etag, uint64_t size,
 	return meta_end(m, err);
 }
 
+/*
+ * A directory's entries changed: its mtime and ctime become `ns`.  An atime
+ * not known so far keeps the value it showed (the old mtime).  The row's
+ * other fields, and whether a listing counts it as changed, stay as they are:
+ * the times live in the index until the directory's object is rewritten.
+ * One statement, prepared here: it is not on a hot path.
+ */
+int meta_set_dir_times(meta *m, const char *path, int64_t ns)
+{
+	static const char sql[] =
+	        "UPDATE entries SET atime_ns = coalesce(atime_ns, mtime_ns, last_modified_ns),"
+	        " mtime_ns = ?3, ctime_ns = ?3 WHERE parent = ?1 AND name = ?2 AND is_dir = 1";
+	sqlite3_stmt *st = NULL;
+	int err, rc;
+
+	if (meta_path_valid(path) && path[1] == '\0')
+		return 0; /* the root has no row to keep them */
+	if (!meta_path_ok(path))
+		return -EINVAL;
+	err = meta_write_begin(m);
+	if (err)
+		return err;
+	rc = sqlite3_prepare_v2(m->writer.db, sql, -1, &st, NULL);
+	if (rc != SQLITE_OK)
+		return meta_end(m, meta_sqlite_err(m, &m->writer, rc, "dir times"));
+	meta_bind_path(st, 1, path);
+	sqlite3_bind_int64(st, 3, ns);
+	rc = sqlite3_step(st);
+	err = rc == SQLITE_DONE ? 0 : meta_sqlite_err(m, &m->writer, rc, "dir times");
+	if (!err && sqlite3_changes(m->writer.db) == 0)
+		err = -ENOENT;
+	sqlite3_finalize(st);
+	return meta_end(m, err);
+}
+
 /* ---------------------------------------------------------------- journal */
 
 static void meta_bind_journal(sqlite3_stmt *st, const meta_journal_entry *j)

@@ -581,12 +581,10 @@ class BinMount(Mount):
         return [self.binary] + super().argv()[1:]
 
 
-# Known race, not yet fixed (issue 7 stays open for it): when a thread
-# truncates or rewrites a shared file while the mount's own upload of that
-# file changes its ETag, the staging fetch pinned to the old ETag gets 412
-# and the syscall returns EIO (no data is lost).  Seen in about 1 run in 3.
-@pytest.mark.xfail(strict=False, reason='staging races a concurrent upload of the same file: '
-                   'truncate/pwrite may return EIO')
+# Once a race (issue 7): a thread truncating, rewriting or reading a shared
+# file while this mount's own upload of it changed its ETag got EIO (the
+# fetch pinned to the old ETag: 412).  fs/write.c now takes the index's newer
+# version; tests/test_posix.py forces that path deterministically.
 def test_concurrency_16_threads(server, tmp_path):
     if ASAN_BUILD and os.path.exists(os.path.join(ASAN_BUILD, 'fs', 'bucketfs')):
         build = ASAN_BUILD
