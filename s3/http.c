@@ -512,6 +512,8 @@ static size_t on_body(char *buf, size_t size, size_t nmemb, void *ud)
 		size_t cap = a->collect_cap ? a->collect_cap : 16384;
 		while (cap < rs->body_len + len + 1)
 			cap *= 2;
+		if (cap > (size_t)limit + 1)
+			cap = (size_t)limit + 1; /* never more than the limit */
 		char *p = realloc(rs->body, cap);
 		if (!p)
 			return 0;
