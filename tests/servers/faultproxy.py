@@ -31,7 +31,10 @@ chosen requests:
 (For a response without a body, reset and truncate send half the head.)
 The last three only touch answers they apply to (XML bodies; 2xx answers to
 PUT/POST with an ETag); others pass untouched and are counted in
-stats()['not_applied'].
+stats()['not_applied'] - or, with defer_rewrites, the fault is kept and
+applied to the next answer it fits (at most 4 pending per kind; counted in
+stats()['deferred']), so that a workload with few XML answers still gets
+its share.  stats()['applied'] counts the faults that took effect.
 
 Which requests: a scripted queue is used first ("the next requests get
 http503, pass, reset"), then a seeded random draw with probability ``rate``
@@ -64,6 +67,7 @@ Control endpoint (JSON over HTTP on control_port, 127.0.0.1):
     GET  /config         the current configuration
     POST /config         {"rate":.., "kinds":[..], "seed":.., "methods":[..],
                           "path_regex":.., "stall_seconds":.., "huge_bytes":..,
+                          "defer_rewrites":..,
                           "script":[..] (replaces the queue),
                           "append_script":[..]}
     POST /reset          zero the counters and the log
@@ -335,6 +339,8 @@ class FaultProxy:
         self._path_re = None
         self._stall = 30.0
         self._huge = 160 << 20
+        self._defer = False
+        self._pending = {}
         self._script = []
         self.configure(rate=rate, kinds=kinds, seed=seed, methods=methods,
                        path_regex=path_regex, stall_seconds=stall_seconds,
@@ -344,7 +350,7 @@ class FaultProxy:
     # ------------------------------------------------------------ control
     def configure(self, rate=None, kinds=None, seed=None, methods=None,
                   path_regex=None, stall_seconds=None, script=None,
-                  append_script=None, huge_bytes=None, **unknown):
+                  append_script=None, huge_bytes=None, defer_rewrites=None, **unknown):
         """Changes the fault settings; None leaves a setting as it is.
         methods=[] or path_regex='' clears that filter."""
         if unknown:
@@ -373,6 +379,10 @@ class FaultProxy:
                 self._path_re = re.compile(path_regex) if path_regex else None
             if stall_seconds is not None:
                 self._stall = float(stall_seconds)
+            if defer_rewrites is not None:
+                self._defer = bool(defer_rewrites)
+                if not self._defer:
+                    self._pending = {}
             if huge_bytes is not None:
                 if int(huge_bytes) < 0:
                     raise ValueError('huge_bytes must be >= 0 (0: without end)')
@@ -398,7 +408,8 @@ class FaultProxy:
 
     def clear(self):
         """No more faults: rate 0, empty script, no filters."""
-        return self.configure(rate=0.0, script=[], methods=[], path_regex='')
+        return self.configure(rate=0.0, script=[], methods=[], path_regex='',
+                              defer_rewrites=False)
 
     def config(self):
         with self._lock:
@@ -407,6 +418,7 @@ class FaultProxy:
                     'methods': sorted(self._methods) if self._methods else None,
                     'path_regex': self._path_re.pattern if self._path_re else None,
                     'stall_seconds': self._stall, 'huge_bytes': self._huge,
+                    'defer_rewrites': self._defer, 'pending': dict(self._pending),
                     'script': list(self._script)}
 
     def stats(self):
@@ -423,7 +435,8 @@ class FaultProxy:
         with self._lock:
             self._stats = {'requests': 0, 'connections': 0, 'faults': {},
                            'methods': {}, 'statuses': {}, 'upstream_errors': 0,
-                           'not_applied': {}, 'garbled': {}, 'huge_bytes_sent': 0}
+                           'not_applied': {}, 'garbled': {}, 'huge_bytes_sent': 0,
+                           'applied': {}, 'deferred': {}}
             self._log = []
 
     @property
@@ -584,6 +597,7 @@ class FaultProxy:
             # never read, so the connection cannot be reused.
             self._send_error(cs, kind, method, keep=False)
             self._record(entry, _ERRORS[kind][0])
+            self._count('applied', kind)
             return False
         if expect and has_body:
             cs.sendall(b'HTTP/1.1 100 Continue\r\n\r\n')
@@ -594,9 +608,11 @@ class FaultProxy:
         if kind in _ERRORS:
             self._send_error(cs, kind, method, keep=client_keep)
             self._record(entry, _ERRORS[kind][0])
+            self._count('applied', kind)
             return client_keep
         if kind == 'drop':
             self._record(entry, None)
+            self._count('applied', kind)
             _reset(cs)
             return False
 
@@ -619,6 +635,10 @@ class FaultProxy:
         up_keep = 'close' not in rconn and not close_delimited
         keep = client_keep and up_keep
 
+        if kind is None and not no_body:
+            kind = self._take_pending(method, status, rheaders)
+            if kind:
+                entry['fault'] = kind + ' (deferred)'
         if kind is None:
             cs.sendall(rhead)
             if not no_body:
@@ -631,6 +651,7 @@ class FaultProxy:
             rbody = b''.join(parts)
             self._record(entry, status)
             if kind == 'stall':
+                self._count('applied', kind)
                 if self._stop.wait(stall):
                     return False
                 cs.sendall(rhead + rbody)
@@ -641,11 +662,14 @@ class FaultProxy:
                 applied = self._rewrite(cs, kind, method, status, rhead, rheaders, rbody,
                                         keep, entry)
                 if not applied:
-                    self._count('not_applied', kind)
+                    self._not_applied(kind)
                     cs.sendall(rhead + rbody)
-                elif kind == 'hugexml':
-                    keep = False
+                else:
+                    self._count('applied', kind)
+                    if kind == 'hugexml':
+                        keep = False
             else:  # reset / truncate
+                self._count('applied', kind)
                 if rbody:
                     data = rhead + rbody[:len(rbody) // 2]
                 else:
@@ -661,6 +685,30 @@ class FaultProxy:
             self._discard(sock)
             up_holder[0] = None
         return keep
+
+    def _not_applied(self, kind):
+        with self._lock:
+            if self._defer and self._pending.get(kind, 0) < 4:
+                self._pending[kind] = self._pending.get(kind, 0) + 1
+                table = 'deferred'
+            else:
+                table = 'not_applied'
+            self._stats[table][kind] = self._stats[table].get(kind, 0) + 1
+
+    def _take_pending(self, method, status, rheaders):
+        """A deferred rewrite that fits this answer (judged by its head), or
+        None."""
+        xml = 'xml' in (_header(rheaders, 'content-type') or '').lower()
+        with self._lock:
+            for kind in sorted(self._pending):
+                fits = (method in ('PUT', 'POST') and 200 <= status < 300
+                        if kind == 'badetag' else xml)
+                if fits:
+                    self._pending[kind] -= 1
+                    if not self._pending[kind]:
+                        del self._pending[kind]
+                    return kind
+        return None
 
     def _rewrite(self, cs, kind, method, status, rhead, rheaders, rbody, keep, entry):
         """Sends a rewritten answer; False when the fault does not apply."""
