@@ -231,7 +231,7 @@ def test_virtual_hosted_addressing_is_signed_right(swift, tmp_path):
     assert '"ContentLength": 13' in p.stdout
 
 
-# ---------------------------------------------------------------- malformed and huge XML, wrong ETags
+# ------------------------------------------------- malformed and huge XML, wrong ETags
 
 def put_keys(server, bucket, n, prefix='k/'):
     """n small objects, put with s3tool straight to the server."""
