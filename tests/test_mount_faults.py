@@ -330,8 +330,8 @@ def test_mixed_workload_under_faults(server, make_faultproxy, tmp_path, rate):
                         except OSError:
                             continue
                         if got != ro[k]:
-                            ops.wrong.append('%s: read %d bytes, want %d (sha differs)' % (
-                                k, len(got), len(ro[k])))
+                            ops.wrong.append('%s %s: read %d bytes, want %d (sha differs)' % (
+                                time.strftime('%H:%M:%S'), k, len(got), len(ro[k])))
                         continue
                     k = r.choice(wfiles)
                     s = state[k]
@@ -341,8 +341,11 @@ def test_mixed_workload_under_faults(server, make_faultproxy, tmp_path, rate):
                         except OSError:
                             continue
                         if s['known'] is not None and got != s['known']:
-                            ops.wrong.append('%s: read %d bytes, want %d (last write %s)' % (
-                                k, len(got), len(s['known']), s['res']))
+                            same = sum(a == b for a, b in zip(got, s['known']))
+                            ops.wrong.append('%s %s: read %d bytes, want %d, %d bytes equal '
+                                             '(last write %s)' % (
+                                                 time.strftime('%H:%M:%S'), k, len(got),
+                                                 len(s['known']), same, s['res']))
                     time.sleep(r.random() * 0.05)
             return run
 
@@ -365,6 +368,13 @@ def test_mixed_workload_under_faults(server, make_faultproxy, tmp_path, rate):
         missing = set(ALL_FAULTS) - {k for k, n in applied.items() if n > 0}
         assert not missing, 'fault kinds never applied: %s' % sorted(missing)
         assert not ops.slow, 'syscalls over %gs: %r' % (BOUND, ops.slow)
+        if ops.wrong:   # what the proxy did to those keys, for the post-mortem
+            for w in ops.wrong:
+                key = w.split()[1].rstrip(':')
+                for e in proxy.log():
+                    if key in e['target']:
+                        print('  proxy #%d %s %s fault=%s status=%s' % (
+                            e['n'], e['method'], e['target'][:80], e['fault'], e['status']))
         assert not ops.wrong, 'wrong data read without an error:\n' + '\n'.join(ops.wrong)
         t0 = time.monotonic()
         m.unmount(timeout=120)   # waits for the uploads
