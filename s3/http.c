@@ -24,8 +24,13 @@
 
 #include "internal.h"
 
-#define POOL_MAX          64
-#define MAX_COLLECT_BYTES (64u << 20) /* a listing page is ~0.5 MiB; refuse more */
+#define POOL_MAX 64
+/* The largest XML answer kept in memory.  The biggest legitimate one is a
+ * listing page of 1,000 keys of 1,024 bytes, URL-encoded (up to 3 bytes per
+ * byte) with owners: under 5 MiB.  Anything bigger is refused at once (not
+ * retried), so a broken or hostile server cannot make us buffer without
+ * bound. */
+#define MAX_COLLECT_BYTES (16u << 20)
 #define MAX_ERROR_BYTES   (1u << 20)
 #define BACKOFF_BASE_MS   100
 #define BACKOFF_CAP_MS    10000
@@ -507,6 +512,8 @@ static size_t on_body(char *buf, size_t size, size_t nmemb, void *ud)
 		size_t cap = a->collect_cap ? a->collect_cap : 16384;
 		while (cap < rs->body_len + len + 1)
 			cap *= 2;
+		if (cap > (size_t)limit + 1)
+			cap = (size_t)limit + 1; /* never more than the limit */
 		char *p = realloc(rs->body, cap);
 		if (!p)
 			return 0;
@@ -560,27 +567,35 @@ static int on_seek(void *ud, curl_off_t offset, int origin)
 	return CURL_SEEKFUNC_OK;
 }
 
-/* SHA-256 of the request body, streamed from the fd when there is one. */
-static int payload_hash(const s3_http_req *rq, char out[65])
+/* SHA-256 of the request body, streamed from the fd when there is one; with
+ * md5 non-NULL its MD5 (16 bytes) too, from the same reads. */
+static int payload_hash(const s3_http_req *rq, char out[65], unsigned char *md5)
 {
 	static const char hex[] = "0123456789abcdef";
 	unsigned char md[EVP_MAX_MD_SIZE], *buf;
 	unsigned int mdlen = 0;
-	EVP_MD_CTX *ctx;
+	EVP_MD_CTX *ctx, *mctx = NULL;
 	uint64_t done = 0;
 	int r = 0;
 
 	if (rq->body_fd < 0) {
-		s3_sha256_hex(rq->body ? rq->body : "", (size_t)rq->body_len, out);
+		const void *b = rq->body ? rq->body : "";
+		s3_sha256_hex(b, (size_t)rq->body_len, out);
+		if (md5)
+			EVP_Digest(b, (size_t)rq->body_len, md5, &mdlen, EVP_md5(), NULL);
 		return 0;
 	}
 	ctx = EVP_MD_CTX_new();
+	if (md5)
+		mctx = EVP_MD_CTX_new();
 	buf = malloc(1 << 20);
-	if (!ctx || !buf) {
+	if (!ctx || !buf || (md5 && !mctx)) {
 		r = -ENOMEM;
 		goto out;
 	}
 	EVP_DigestInit_ex(ctx, EVP_sha256(), NULL);
+	if (mctx)
+		EVP_DigestInit_ex(mctx, EVP_md5(), NULL);
 	while (done < rq->body_len) {
 		size_t want =
 		        rq->body_len - done > (1 << 20) ? (1 << 20) : (size_t)(rq->body_len - done);
@@ -592,8 +607,12 @@ static int payload_hash(const s3_http_req *rq, char out[65])
 			goto out;
 		}
 		EVP_DigestUpdate(ctx, buf, (size_t)n);
+		if (mctx)
+			EVP_DigestUpdate(mctx, buf, (size_t)n);
 		done += (uint64_t)n;
 	}
+	if (mctx)
+		EVP_DigestFinal_ex(mctx, md5, &mdlen);
 	EVP_DigestFinal_ex(ctx, md, &mdlen);
 	for (unsigned i = 0; i < mdlen; i++) {
 		out[2 * i] = hex[md[i] >> 4];
@@ -602,8 +621,20 @@ static int payload_hash(const s3_http_req *rq, char out[65])
 	out[64] = '\0';
 out:
 	EVP_MD_CTX_free(ctx);
+	EVP_MD_CTX_free(mctx);
 	free(buf);
 	return r;
+}
+
+/* Whether an ETag ("\"hex\"" or hex) has the form of an MD5: 32 hex digits. */
+static bool etag_is_md5(const char *etag)
+{
+	const char *t = etag + (etag[0] == '"');
+	size_t n = 0;
+
+	while (isxdigit((unsigned char)t[n]))
+		n++;
+	return n == 32 && (t[n] == '\0' || (t[n] == '"' && t[n + 1] == '\0'));
 }
 
 static void amz_now(char date[17])
@@ -724,7 +755,7 @@ static struct curl_slist *add_hdr(struct curl_slist *l, const char *name, const 
 }
 
 static int perform_once(s3_client *c, CURL *h, s3_http_req *rq, s3_http_resp *rs, struct attempt *a,
-                        const char *phash, s3_error *err, CURLcode *ccout)
+                        const char *phash, const char *md5_b64, s3_error *err, CURLcode *ccout)
 {
 	s3_credentials cr = {0};
 	s3_sigv4_output so = {0};
@@ -755,6 +786,8 @@ static int perform_once(s3_client *c, CURL *h, s3_http_req *rq, s3_http_resp *rs
 	}
 	if (rq->if_match)
 		hdrs[nh++] = (s3_kv){"if-match", rq->if_match};
+	if (md5_b64)
+		hdrs[nh++] = (s3_kv){"content-md5", md5_b64};
 	if (rq->sse_c && c->sse_c_key_b64) {
 		hdrs[nh++] = (s3_kv){"x-amz-server-side-encryption-customer-algorithm", "AES256"};
 		hdrs[nh++] = (s3_kv){"x-amz-server-side-encryption-customer-key", c->sse_c_key_b64};
@@ -899,8 +932,13 @@ static int perform_once(s3_client *c, CURL *h, s3_http_req *rq, s3_http_resp *rs
 			err->sys_errno = -a->sink_error;
 		snprintf(err->message, sizeof(err->message), "%s",
 		         errbuf[0] ? errbuf : curl_easy_strerror(*ccout));
-		if (a->overflow)
-			snprintf(err->message, sizeof(err->message), "response body too large");
+		if (a->overflow) {
+			err->sys_errno = EIO;
+			snprintf(err->message, sizeof(err->message),
+			         "answer refused: its body is larger than %u MiB (the limit for "
+			         "an XML document)",
+			         MAX_COLLECT_BYTES >> 20);
+		}
 		r = -s3_error_errno(err);
 		if (!r)
 			r = -EIO;
@@ -922,7 +960,8 @@ out:
 int s3_http_perform(s3_client *c, s3_http_req *rq, s3_http_resp *rs, s3_error *err_out)
 {
 	s3_error scratch, *err = err_out ? err_out : &scratch;
-	char phash[65];
+	char phash[65], md5_b64[32], md5_hex[33];
+	unsigned char md5[16];
 	double start = now_s();
 	char ifmatch_resume[S3_ETAG_MAX] = "";
 	const char *orig_if_match = rq->if_match;
@@ -931,7 +970,12 @@ int s3_http_perform(s3_client *c, s3_http_req *rq, s3_http_resp *rs, s3_error *e
 	int r, attempt;
 
 	memset(rs, 0, sizeof(*rs));
-	r = payload_hash(rq, phash);
+	r = payload_hash(rq, phash, rq->content_md5 ? md5 : NULL);
+	if (!r && rq->content_md5) {
+		EVP_EncodeBlock((unsigned char *)md5_b64, md5, 16);
+		for (int i = 0; i < 16; i++)
+			snprintf(md5_hex + 2 * i, 3, "%02x", md5[i]);
+	}
 	if (r) {
 		memset(err, 0, sizeof(*err));
 		err->sys_errno = -r;
@@ -960,14 +1004,47 @@ int s3_http_perform(s3_client *c, s3_http_req *rq, s3_http_resp *rs, s3_error *e
 			r = -ENOMEM;
 			break;
 		}
-		r = perform_once(c, h, rq, rs, &a, phash, err, &cc);
+		r = perform_once(c, h, rq, rs, &a, phash, rq->content_md5 ? md5_b64 : NULL, err,
+		                 &cc);
 		pool_put(c, h, cc != CURLE_OK);
 		delivered_total += a.delivered;
 		if (a.delivered && !ifmatch_resume[0] && rs->head.etag[0])
 			snprintf(ifmatch_resume, sizeof(ifmatch_resume), "%s", rs->head.etag);
+		bool bad_answer = false;
+		if (r == 0 && rq->content_md5 && c->sse != S3_SSE_KMS && c->sse != S3_SSE_C &&
+		    etag_is_md5(rs->head.etag) &&
+		    strncasecmp(rs->head.etag + (rs->head.etag[0] == '"'), md5_hex, 32) != 0) {
+			/* The bytes arrived intact (Content-MD5), but the answer
+			 * names another version: believe neither. */
+			err->http_status = (int)rs->status;
+			err->sys_errno = EIO;
+			snprintf(err->message, sizeof(err->message),
+			         "the answer's ETag %.40s is not the MD5 \"%s\" of the bytes sent",
+			         rs->head.etag, md5_hex);
+			snprintf(err->request_id, sizeof(err->request_id), "%s", rs->request_id);
+			r = -EIO;
+			bad_answer = true;
+		} else if (r == 0 && rq->parse) {
+			r = rq->parse(rq->parse_ctx, rs->body ? rs->body : "", rs->body_len, err);
+			if (r == -EPROTO) {
+				err->http_status = (int)rs->status;
+				err->sys_errno = EPROTO;
+				snprintf(err->message, sizeof(err->message),
+				         "malformed XML in a %ld answer (%zu bytes)", rs->status,
+				         rs->body_len);
+				snprintf(err->request_id, sizeof(err->request_id), "%s",
+				         rs->request_id);
+			} else if (r && !err->http_status) {
+				err->http_status = (int)rs->status;
+			}
+			bad_answer = r == -EPROTO ||
+			             (r && err->code[0] && s3_http_code_is_transient(err->code));
+		}
 		if (r == 0)
 			break;
-		if (cc != CURLE_OK)
+		if (bad_answer)
+			transient = true;
+		else if (cc != CURLE_OK)
 			transient = curl_code_is_transient(cc) && !a.sink_error && !a.read_errno &&
 			            !a.overflow;
 		else

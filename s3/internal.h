@@ -220,6 +220,20 @@ typedef struct s3_http_req {
 	bool has_range;
 	uint64_t range_off, range_len; /* range_len 0: to the end */
 	const char *if_match;
+
+	/* A 2xx answer's collected body goes to parse (when set), inside the
+	 * retry loop: -EPROTO (a malformed or truncated document) is retried
+	 * like a broken connection, and so is an <Error> in a 200 whose code
+	 * parse put in err and that is transient.  parse must leave no
+	 * partial output behind when it fails. */
+	int (*parse)(void *ctx, const char *body, size_t len, s3_error *err);
+	void *parse_ctx;
+	/* Sends Content-MD5 (the server refuses a body that arrived different)
+	 * and checks that the answer's ETag, when it has the form of an MD5
+	 * (32 hex digits) and the encryption keeps ETags MD5s (none, SSE-S3),
+	 * is the MD5 of what was sent: a mismatch is retried, then fails with
+	 * EIO.  PUT Object and UploadPart. */
+	bool content_md5;
 } s3_http_req;
 
 typedef struct s3_http_resp {

@@ -75,6 +75,48 @@ static void set_local_error(s3_error *err, int e, const char *what)
 	snprintf(err->message, sizeof(err->message), "%s", what);
 }
 
+/* ---------------------------------------------------------------- parsers
+ * Run by s3_http_perform on a 2xx body, inside its retry loop. */
+
+static int parse_list(void *ctx, const char *body, size_t len, s3_error *err)
+{
+	(void)err;
+	return s3_xml_parse_list(body, len, ctx);
+}
+
+static int parse_initiate(void *ctx, const char *body, size_t len, s3_error *err)
+{
+	(void)err;
+	return s3_xml_parse_mpu_initiate(body, len, ctx);
+}
+
+static int parse_etag_result(void *ctx, const char *body, size_t len, s3_error *err)
+{
+	return s3_xml_parse_etag_result(body, len, ctx, err);
+}
+
+static int parse_delete_result(void *ctx, const char *body, size_t len, s3_error *err)
+{
+	(void)ctx;
+	return s3_xml_parse_delete_result(body, len, err);
+}
+
+struct mpu_list_ctx {
+	s3_mpu_list *out;
+	bool *truncated;
+	char **nk, **ni;
+};
+
+/* Appends one page; on failure leaves out as it was (s3_xml_parse_mpu_list
+ * does), so a retry starts clean. */
+static int parse_mpu_list(void *ctx, const char *body, size_t len, s3_error *err)
+{
+	struct mpu_list_ctx *m = ctx;
+
+	(void)err;
+	return s3_xml_parse_mpu_list(body, len, m->out, m->truncated, m->nk, m->ni);
+}
+
 /* ---------------------------------------------------------------- listing */
 
 int s3_list_objects(s3_client *c, const s3_list_params *p, s3_list_page *out, s3_error *err)
@@ -105,12 +147,9 @@ int s3_list_objects(s3_client *c, const s3_list_params *p, s3_list_page *out, s3
 		r = s3_http_add_query(&rq, "fetch-owner", "true");
 	if (r)
 		return r;
+	rq.parse = parse_list;
+	rq.parse_ctx = out;
 	r = s3_http_perform(c, &rq, &rs, err);
-	if (!r) {
-		r = s3_xml_parse_list(rs.body ? rs.body : "", rs.body_len, out);
-		if (r)
-			set_local_error(err, -r, "malformed ListObjectsV2 response");
-	}
 	s3_http_resp_clear(&rs);
 	return r;
 }
@@ -256,6 +295,7 @@ static int put_common(s3_client *c, const char *key, const void *buf, int fd, ui
 	rq.body_fd = fd;
 	rq.body_fd_off = offset;
 	rq.body_len = len;
+	rq.content_md5 = true;
 	r = s3_http_perform(c, &rq, &rs, err);
 	if (!r && etag_out)
 		snprintf(etag_out, S3_ETAG_MAX, "%s", rs.head.etag);
@@ -287,36 +327,21 @@ static char *copy_source(const s3_client *c, const char *src_key)
 	return out;
 }
 
-/* A copy answers 200 before it is done and may then report an error in the
- * body; a transient one is retried here. */
+/* A copy (and a CompleteMultipartUpload) answers 200 before it is done and
+ * may then report an error in the body; s3_http_perform retries a transient
+ * one, and a malformed document. */
 static int perform_copy(s3_client *c, s3_http_req *rq, char etag_out[S3_ETAG_MAX], s3_error *err)
 {
-	s3_error scratch, *e = err ? err : &scratch;
 	s3_http_resp rs;
-	char etag[S3_ETAG_MAX];
+	char etag[S3_ETAG_MAX] = "";
 	int r;
 
-	for (int attempt = 0;; attempt++) {
-		bool body_error = false;
-
-		r = s3_http_perform(c, rq, &rs, e);
-		if (!r) {
-			memset(e, 0, sizeof(*e));
-			r = s3_xml_parse_etag_result(rs.body ? rs.body : "", rs.body_len, etag, e);
-			if (!r && etag_out)
-				snprintf(etag_out, S3_ETAG_MAX, "%s", etag);
-			if (r && !e->code[0] && !e->message[0])
-				set_local_error(e, EPROTO, "malformed copy/complete response");
-			body_error = r != 0;
-		}
-		s3_http_resp_clear(&rs);
-		if (r == 0 || !body_error || !e->code[0] || !s3_http_code_is_transient(e->code) ||
-		    attempt >= c->retries)
-			break;
-		__atomic_fetch_add(&c->stats_retries, 1, __ATOMIC_RELAXED);
-		struct timespec ts = {0, 200000000L * (attempt + 1)};
-		nanosleep(&ts, NULL);
-	}
+	rq->parse = parse_etag_result;
+	rq->parse_ctx = etag;
+	r = s3_http_perform(c, rq, &rs, err);
+	if (!r && etag_out)
+		snprintf(etag_out, S3_ETAG_MAX, "%s", etag);
+	s3_http_resp_clear(&rs);
 	return r;
 }
 
@@ -400,15 +425,11 @@ int s3_delete_objects(s3_client *c, const char *const *keys, size_t n, s3_error 
 			r = s3_http_add_header(&rq, "content-type", "application/xml");
 		rq.body = doc;
 		rq.body_len = strlen(doc);
+		rq.parse = parse_delete_result;
 		if (!r)
 			r = s3_http_perform(c, &rq, &rs, err);
 		else
 			memset(&rs, 0, sizeof(rs));
-		if (!r) {
-			s3_error scratch;
-			r = s3_xml_parse_delete_result(rs.body ? rs.body : "", rs.body_len,
-			                               err ? err : &scratch);
-		}
 		s3_http_resp_clear(&rs);
 		free(doc);
 	}
@@ -435,12 +456,9 @@ int s3_mpu_create(s3_client *c, const char *key, const s3_put_opts *o, char **up
 		meta_headers_clear(&mh);
 		return r;
 	}
+	rq.parse = parse_initiate;
+	rq.parse_ctx = upload_id_out;
 	r = s3_http_perform(c, &rq, &rs, err);
-	if (!r) {
-		r = s3_xml_parse_mpu_initiate(rs.body ? rs.body : "", rs.body_len, upload_id_out);
-		if (r)
-			set_local_error(err, -r, "malformed InitiateMultipartUpload response");
-	}
 	s3_http_resp_clear(&rs);
 	meta_headers_clear(&mh);
 	return r;
@@ -466,6 +484,7 @@ int s3_mpu_upload_part(s3_client *c, const char *key, const char *upload_id, int
 	rq.body_fd = fd;
 	rq.body_fd_off = offset;
 	rq.body_len = len;
+	rq.content_md5 = true;
 	r = s3_http_perform(c, &rq, &rs, err);
 	if (!r) {
 		if (!rs.head.etag[0]) {
@@ -512,11 +531,121 @@ int s3_mpu_upload_part_copy(s3_client *c, const char *key, const char *upload_id
 	return r;
 }
 
-int s3_mpu_complete(s3_client *c, const char *key, const char *upload_id, const s3_part *parts,
-                    size_t n, char etag_out[S3_ETAG_MAX], s3_error *err)
+/* Two ETags equal but for quotes and the case of hex digits. */
+static bool etag_eq(const char *a, const char *b)
 {
+	size_t la, lb;
+
+	a += a[0] == '"';
+	b += b[0] == '"';
+	la = strlen(a) - (a[0] && a[strlen(a) - 1] == '"');
+	lb = strlen(b) - (b[0] && b[strlen(b) - 1] == '"');
+	return la == lb && strncasecmp(a, b, la) == 0;
+}
+
+/* The ETag AWS (and Swift) give a multipart object: "MD5(part MD5s)-N".
+ * False when a part's ETag is not an MD5 (then nothing can be predicted). */
+static bool mpu_expected_etag(const s3_part *parts, size_t n, char out[S3_ETAG_MAX])
+{
+	unsigned char *cat, md[EVP_MAX_MD_SIZE];
+	unsigned int mdlen = 0;
+
+	if (!n || !(cat = malloc(16 * n)))
+		return false;
+	for (size_t i = 0; i < n; i++) {
+		const char *t = parts[i].etag + (parts[i].etag[0] == '"');
+		for (int k = 0; k < 32; k++)
+			if (!isxdigit((unsigned char)t[k])) {
+				free(cat);
+				return false;
+			}
+		if (t[32] != '\0' && t[32] != '"') {
+			free(cat);
+			return false;
+		}
+		for (int k = 0; k < 16; k++) {
+			unsigned int b;
+			sscanf(t + 2 * k, "%2x", &b);
+			cat[16 * i + k] = (unsigned char)b;
+		}
+	}
+	EVP_Digest(cat, 16 * n, md, &mdlen, EVP_md5(), NULL);
+	free(cat);
+	char *p = out;
+	*p++ = '"';
+	for (unsigned i = 0; i < mdlen; i++)
+		p += sprintf(p, "%02x", md[i]);
+	snprintf(p, S3_ETAG_MAX - (size_t)(p - out), "-%zu\"", n);
+	return true;
+}
+
+/* The ETag a CompleteMultipartUpload answered is believed only when it is
+ * the one the parts imply, or the one the object now has (servers with
+ * another scheme, e.g. the MD5 of the whole object).  An answer that was
+ * lost (or garbled: the retry finds the upload gone) still counts when the
+ * object has the implied ETag. */
+static int mpu_complete_verify(s3_client *c, const char *key, int r, const s3_part *parts, size_t n,
+                               char etag[S3_ETAG_MAX], s3_error *err)
+{
+	char expect[S3_ETAG_MAX];
+	bool have_expect = mpu_expected_etag(parts, n, expect);
+	s3_head h;
+	s3_error he;
+	int hr;
+
+	if (r == 0 && have_expect && etag_eq(etag, expect))
+		return 0;
+	if (r && !(r == -ENOENT && have_expect && strcmp(err->code, "NoSuchUpload") == 0))
+		return r;
+	hr = s3_head_object(c, key, &h, &he);
+	if (hr) {
+		if (r == 0) {
+			*err = he;
+			snprintf(err->message, sizeof(err->message),
+			         "completed, but its ETag %.40s could not be checked (HEAD failed)",
+			         etag);
+			return -EIO;
+		}
+		return r;
+	}
+	if (r) { /* NoSuchUpload */
+		if (etag_eq(h.etag, expect)) {
+			s3_log(c, S3_LOG_INFO,
+			       "s3: the multipart upload of %s completed although the answer was "
+			       "lost",
+			       key);
+			snprintf(etag, S3_ETAG_MAX, "%s", h.etag);
+			memset(err, 0, sizeof(*err));
+			r = 0;
+		}
+	} else if (etag_eq(h.etag, etag)) {
+		r = 0; /* the server's own ETag scheme */
+	} else if (have_expect && etag_eq(h.etag, expect)) {
+		s3_log(c, S3_LOG_WARNING,
+		       "s3: CompleteMultipartUpload of %s answered ETag %s, but the object has "
+		       "the ETag its parts imply, %s: taking that",
+		       key, etag, h.etag);
+		snprintf(etag, S3_ETAG_MAX, "%s", h.etag);
+		r = 0;
+	} else {
+		memset(err, 0, sizeof(*err));
+		err->sys_errno = EIO;
+		snprintf(err->message, sizeof(err->message),
+		         "CompleteMultipartUpload answered ETag %.40s, but the object has %.40s",
+		         etag, h.etag);
+		s3_log(c, S3_LOG_WARNING, "s3: %s: %s", key, err->message);
+		r = -EIO;
+	}
+	s3_head_clear(&h);
+	return r;
+}
+
+int s3_mpu_complete(s3_client *c, const char *key, const char *upload_id, const s3_part *parts,
+                    size_t n, char etag_out[S3_ETAG_MAX], s3_error *err_out)
+{
+	s3_error scratch, *err = err_out ? err_out : &scratch;
 	s3_http_req rq;
-	char *doc = s3_xml_build_complete(parts, n);
+	char *doc = s3_xml_build_complete(parts, n), etag[S3_ETAG_MAX] = "";
 	int r;
 
 	if (!doc) {
@@ -529,8 +658,12 @@ int s3_mpu_complete(s3_client *c, const char *key, const char *upload_id, const 
 		r = s3_http_add_header(&rq, "content-type", "application/xml");
 	rq.body = doc;
 	rq.body_len = strlen(doc);
-	if (!r)
-		r = perform_copy(c, &rq, etag_out, err);
+	if (!r) {
+		r = perform_copy(c, &rq, etag, err);
+		r = mpu_complete_verify(c, key, r, parts, n, etag, err);
+	}
+	if (!r && etag_out)
+		snprintf(etag_out, S3_ETAG_MAX, "%s", etag);
 	free(doc);
 	return r;
 }
@@ -572,13 +705,11 @@ int s3_mpu_list_uploads(s3_client *c, const char *prefix, s3_mpu_list *out, s3_e
 			r = s3_http_add_query(&rq, "upload-id-marker", id_marker);
 		if (r)
 			break;
+		struct mpu_list_ctx mc = {
+		        .out = out, .truncated = &truncated, .nk = &nk, .ni = &ni};
+		rq.parse = parse_mpu_list;
+		rq.parse_ctx = &mc;
 		r = s3_http_perform(c, &rq, &rs, err);
-		if (!r) {
-			r = s3_xml_parse_mpu_list(rs.body ? rs.body : "", rs.body_len, out,
-			                          &truncated, &nk, &ni);
-			if (r)
-				set_local_error(err, -r, "malformed ListMultipartUploads response");
-		}
 		s3_http_resp_clear(&rs);
 		free(key_marker);
 		free(id_marker);
@@ -649,39 +780,15 @@ static void *mpu_worker(void *arg)
 static bool complete_landed(s3_client *c, const char *key, const struct mpu_job *j,
                             int64_t start_ns, char etag_out[S3_ETAG_MAX])
 {
-	unsigned char *cat, md[EVP_MAX_MD_SIZE];
-	unsigned int mdlen = 0;
 	char expect[S3_ETAG_MAX];
-	size_t n = 0;
+	bool have_expect = mpu_expected_etag(j->parts, (size_t)j->n_parts, expect);
 	s3_head h;
 	s3_error e;
 	bool ours;
 
 	if (s3_head_object(c, key, &h, &e))
 		return false;
-	cat = malloc(16 * (size_t)j->n_parts + 1);
-	if (!cat) {
-		s3_head_clear(&h);
-		return false;
-	}
-	for (int i = 0; i < j->n_parts; i++) {
-		const char *t = j->parts[i].etag + (j->parts[i].etag[0] == '"');
-		for (int k = 0; k < 16 && isxdigit((unsigned char)t[2 * k]) &&
-		                isxdigit((unsigned char)t[2 * k + 1]);
-		     k++) {
-			unsigned int b;
-			sscanf(t + 2 * k, "%2x", &b);
-			cat[n++] = (unsigned char)b;
-		}
-	}
-	EVP_Digest(cat, n, md, &mdlen, EVP_md5(), NULL);
-	free(cat);
-	char *p = expect;
-	*p++ = '"';
-	for (unsigned i = 0; i < mdlen; i++)
-		p += sprintf(p, "%02x", md[i]);
-	snprintf(p, sizeof(expect) - (size_t)(p - expect), "-%d\"", j->n_parts);
-	ours = h.size == j->len && (strcmp(h.etag, expect) == 0 ||
+	ours = h.size == j->len && ((have_expect && etag_eq(h.etag, expect)) ||
 	                            h.last_modified_ns >= start_ns - INT64_C(60000000000));
 	if (ours && etag_out)
 		snprintf(etag_out, S3_ETAG_MAX, "%s", h.etag);

@@ -15,10 +15,16 @@
  *    one client at once.  No global lock is held while a request is on the
  *    wire; idle connections are kept in a pool and reused.
  *  - Requests are retried with exponential backoff and jitter on 500, 502,
- *    503, 504, SlowDown, RequestTimeout, InternalError, connection failures
- *    and truncated bodies, bounded by `retries` and `retry_max_seconds`;
- *    never on other 4xx.  Every request the library issues is idempotent or
- *    made safe to repeat (a ranged GET resumes where the body broke off).
+ *    503, 504, SlowDown, RequestTimeout, InternalError, connection failures,
+ *    truncated bodies, malformed XML in a 2xx answer (-EPROTO once retries
+ *    run out) and a PUT / UploadPart answer whose ETag has the form of an MD5
+ *    but is not the MD5 of the bytes sent (those requests carry Content-MD5;
+ *    -EIO once retries run out), bounded by `retries` and
+ *    `retry_max_seconds`; never on other 4xx.  An XML answer over 16 MiB is
+ *    refused at once (-EIO), so no answer is buffered without bound.  Every
+ *    request the library issues is idempotent or made safe to repeat (a
+ *    ranged GET resumes where the body broke off; a repeated Complete that
+ *    finds the upload gone is checked with a HEAD).
  *  - Keys are passed and returned unencoded (UTF-8 byte strings, no leading
  *    slash); the library URI-encodes them for the wire and decodes
  *    `encoding-type=url` listings.
@@ -297,6 +303,8 @@ int s3_mpu_upload_part(s3_client *c, const char *key, const char *upload_id, int
 int s3_mpu_upload_part_copy(s3_client *c, const char *key, const char *upload_id, int part_number,
                             const char *src_key, uint64_t src_offset, uint64_t len,
                             char etag_out[S3_ETAG_MAX], s3_error *err) S3_WARN_UNUSED;
+/* The ETag answered is believed only when it is MD5(part MD5s)-N or, after a
+ * HEAD, the object's own; otherwise -EIO. */
 int s3_mpu_complete(s3_client *c, const char *key, const char *upload_id, const s3_part *parts,
                     size_t n, char etag_out[S3_ETAG_MAX], s3_error *err) S3_WARN_UNUSED;
 int s3_mpu_abort(s3_client *c, const char *key, const char *upload_id,

@@ -16,6 +16,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <openssl/evp.h>
+
 #include "s3.h"
 
 static int failures;
@@ -94,6 +96,19 @@ static void test_metadata_round_trip(void)
 		abort();
 	r = s3_put_object_buf(cli, key_of("meta.txt"), body, strlen(body), &o, etag, &err);
 	CHECK(r == 0 && etag[0] == '"', "put with metadata (r=%d etag=%s)", r, etag);
+	{
+		/* Both servers give a PUT the MD5 of its body as ETag: what the
+		 * library checks every PUT's answer against. */
+		unsigned char md[EVP_MAX_MD_SIZE];
+		unsigned int mdlen = 0;
+		char want[40];
+		EVP_Digest(body, strlen(body), md, &mdlen, EVP_md5(), NULL);
+		want[0] = '"';
+		for (unsigned i = 0; i < mdlen; i++)
+			snprintf(want + 1 + 2 * i, 3, "%02x", md[i]);
+		snprintf(want + 1 + 2 * mdlen, 3, "\"");
+		CHECK(strcmp(etag, want) == 0, "PUT ETag %s is the body's MD5 %s", etag, want);
+	}
 	r = s3_head_object(cli, key_of("meta.txt"), &h, &err);
 	CHECK(r == 0, "head (r=%d)", r);
 	CHECK(h.size == strlen(body), "head size %" PRIu64, h.size);
@@ -483,6 +498,19 @@ static void test_multipart(void)
 	      "13 parts + create + complete = %" PRIu64 " multipart requests",
 	      after.requests[S3_REQ_MULTIPART] - before.requests[S3_REQ_MULTIPART]);
 	CHECK(etag[0] == '"', "multipart ETag %s", etag);
+	/* Complete's ETag is checked: against MD5(part MD5s)-N (AWS, Swift),
+	 * else against a HEAD (s3rver: the whole object's MD5). */
+	CHECK(after.requests[S3_REQ_HEAD] - before.requests[S3_REQ_HEAD] <= 1,
+	      "at most one HEAD to check Complete's ETag (%" PRIu64 ")",
+	      after.requests[S3_REQ_HEAD] - before.requests[S3_REQ_HEAD]);
+	{
+		s3_head h;
+		r = s3_head_object(cli, key_of("big.bin"), &h, &err);
+		CHECK(r == 0 && strcmp(h.etag, etag) == 0, "multipart ETag %s is the object's (%s)",
+		      etag, r ? "?" : h.etag);
+		if (!r)
+			s3_head_clear(&h);
+	}
 	CHECK(sha_file_equals(key_of("big.bin"), data, size), "100 MiB read back byte for byte");
 
 	if (strstr(quirks, "upload-part-copy") || strstr(quirks, "list-uploads"))

@@ -16,8 +16,25 @@ chosen requests:
   stall     forwards; holds the whole response for stall_seconds, then sends it
   drop      reads the request, does not forward it, resets the connection
             without any response
+  badxml    forwards; an XML answer (any status: listings, errors, results)
+            comes back malformed but well framed (Content-Length fits):
+            cut short, a run of bytes garbled, or its last end tag dropped
+  hugexml   forwards; an XML answer comes back as a listing that never ends:
+            the real start of the document, then <Contents> entries, either
+            with a Content-Length of huge_bytes (default 160 MiB) or, with
+            huge_bytes 0, chunked without end; sent until the client hangs up
+  badetag   forwards; the answer to a PUT or POST (PUT Object, UploadPart,
+            CopyObject, CompleteMultipartUpload) names another ETag: the 32
+            hex digits in its ETag header and in an <ETag> of its XML body
+            are replaced by other ones (a "-N" suffix is kept)
 
 (For a response without a body, reset and truncate send half the head.)
+The last three only touch answers they apply to (XML bodies; 2xx answers to
+PUT/POST with an ETag); others pass untouched and are counted in
+stats()['not_applied'] - or, with defer_rewrites, the fault is kept and
+applied to the next answer it fits (at most 4 pending per kind; counted in
+stats()['deferred']), so that a workload with few XML answers still gets
+its share.  stats()['applied'] counts the faults that took effect.
 
 Which requests: a scripted queue is used first ("the next requests get
 http503, pass, reset"), then a seeded random draw with probability ``rate``
@@ -49,7 +66,8 @@ Control endpoint (JSON over HTTP on control_port, 127.0.0.1):
     GET  /log            the requests seen: method, target, fault, status
     GET  /config         the current configuration
     POST /config         {"rate":.., "kinds":[..], "seed":.., "methods":[..],
-                          "path_regex":.., "stall_seconds":..,
+                          "path_regex":.., "stall_seconds":.., "huge_bytes":..,
+                          "defer_rewrites":..,
                           "script":[..] (replaces the queue),
                           "append_script":[..]}
     POST /reset          zero the counters and the log
@@ -60,6 +78,7 @@ The proxy stops by itself after max_lifetime seconds (default 600).
 
 import argparse
 import email.utils
+import hashlib
 import http.server
 import json
 import os
@@ -73,7 +92,9 @@ import sys
 import threading
 import time
 
-KINDS = ('http500', 'http503', 'slowdown', 'reset', 'truncate', 'stall', 'drop')
+KINDS = ('http500', 'http503', 'slowdown', 'reset', 'truncate', 'stall', 'drop',
+         'badxml', 'hugexml', 'badetag')
+REWRITES = ('badxml', 'hugexml', 'badetag')
 PASS = ('pass', 'none', 'ok')
 
 _ERRORS = {
@@ -213,6 +234,61 @@ def _read_body(reader, framing, sink, until_eof=False):
         reader.until_eof(sink)
 
 
+def _dechunk(raw):
+    """The payload of a raw chunked body (as _read_chunked passed it)."""
+    out, i = [], 0
+    while True:
+        j = raw.index(b'\r\n', i)
+        size = int(raw[i:j].split(b';', 1)[0].strip() or b'0', 16)
+        if size == 0:
+            return b''.join(out)
+        out.append(raw[j + 2:j + 2 + size])
+        i = j + 2 + size + 2
+
+
+def _is_xml(rheaders, body):
+    ctype = (_header(rheaders, 'content-type') or '').lower()
+    return bool(body) and ('xml' in ctype or body.lstrip()[:5] == b'<?xml')
+
+
+def _with_body(rhead, body, keep):
+    """The response head with its framing replaced by a Content-Length for
+    body (and Connection: close unless keep)."""
+    lines = rhead[:-4].split(b'\r\n')
+    out = [lines[0]]
+    for raw in lines[1:]:
+        name = raw.partition(b':')[0].strip().lower()
+        if name not in (b'content-length', b'transfer-encoding', b'connection'):
+            out.append(raw)
+    out.append(b'Content-Length: %d' % len(body))
+    out.append(b'Connection: ' + (b'keep-alive' if keep else b'close'))
+    return b'\r\n'.join(out) + b'\r\n\r\n'
+
+
+def _other_hex(hex32):
+    """Another 32 hex digits (same case) for hex32."""
+    h = hashlib.md5(b'faultproxy' + hex32).hexdigest()
+    return (h.upper() if hex32.isupper() else h).encode()
+
+
+_HEX32 = re.compile(rb'[0-9a-fA-F]{32}')
+
+
+def _garble(body, rng):
+    """A malformed version of an XML document, and how it was made."""
+    how = rng.choice(('cut', 'garble', 'unclosed'))
+    n = len(body)
+    if how == 'cut' or n < 64:
+        return body[:max(1, int(n * rng.uniform(0.3, 0.9)))], 'cut'
+    if how == 'garble':
+        at = rng.randrange(n // 4, n * 3 // 4)
+        junk = bytes(rng.choice(b'<>&\x00\xff"/=') for _ in range(rng.randrange(8, 33)))
+        return body[:at] + junk + body[at + len(junk):], 'garble'
+    end = body.rstrip()
+    i = end.rfind(b'</')
+    return (end[:i] if i > 0 else end[:n // 2]), 'unclosed'
+
+
 def _reset(sock):
     """Closes with an RST instead of a FIN."""
     try:
@@ -240,7 +316,7 @@ class FaultProxy:
     def __init__(self, upstream_host, upstream_port, port=0, host='127.0.0.1',
                  control_port=0, rate=0.0, kinds=('http503',), seed=0,
                  methods=None, path_regex=None, stall_seconds=30.0,
-                 max_lifetime=600.0, log_limit=100000):
+                 max_lifetime=600.0, log_limit=100000, huge_bytes=160 << 20):
         self.upstream = (upstream_host, int(upstream_port))
         self.host = host
         self._want_port = port
@@ -262,15 +338,19 @@ class FaultProxy:
         self._methods = None
         self._path_re = None
         self._stall = 30.0
+        self._huge = 160 << 20
+        self._defer = False
+        self._pending = {}
         self._script = []
         self.configure(rate=rate, kinds=kinds, seed=seed, methods=methods,
-                       path_regex=path_regex, stall_seconds=stall_seconds)
+                       path_regex=path_regex, stall_seconds=stall_seconds,
+                       huge_bytes=huge_bytes)
         self.reset_stats()
 
     # ------------------------------------------------------------ control
     def configure(self, rate=None, kinds=None, seed=None, methods=None,
                   path_regex=None, stall_seconds=None, script=None,
-                  append_script=None, **unknown):
+                  append_script=None, huge_bytes=None, defer_rewrites=None, **unknown):
         """Changes the fault settings; None leaves a setting as it is.
         methods=[] or path_regex='' clears that filter."""
         if unknown:
@@ -299,6 +379,14 @@ class FaultProxy:
                 self._path_re = re.compile(path_regex) if path_regex else None
             if stall_seconds is not None:
                 self._stall = float(stall_seconds)
+            if defer_rewrites is not None:
+                self._defer = bool(defer_rewrites)
+                if not self._defer:
+                    self._pending = {}
+            if huge_bytes is not None:
+                if int(huge_bytes) < 0:
+                    raise ValueError('huge_bytes must be >= 0 (0: without end)')
+                self._huge = int(huge_bytes)
             if script is not None:
                 self._script = self._check_script(script)
             if append_script is not None:
@@ -320,7 +408,8 @@ class FaultProxy:
 
     def clear(self):
         """No more faults: rate 0, empty script, no filters."""
-        return self.configure(rate=0.0, script=[], methods=[], path_regex='')
+        return self.configure(rate=0.0, script=[], methods=[], path_regex='',
+                              defer_rewrites=False)
 
     def config(self):
         with self._lock:
@@ -328,7 +417,9 @@ class FaultProxy:
                     'kinds': list(self._kinds), 'seed': self._seed,
                     'methods': sorted(self._methods) if self._methods else None,
                     'path_regex': self._path_re.pattern if self._path_re else None,
-                    'stall_seconds': self._stall, 'script': list(self._script)}
+                    'stall_seconds': self._stall, 'huge_bytes': self._huge,
+                    'defer_rewrites': self._defer, 'pending': dict(self._pending),
+                    'script': list(self._script)}
 
     def stats(self):
         with self._lock:
@@ -343,7 +434,9 @@ class FaultProxy:
     def reset_stats(self):
         with self._lock:
             self._stats = {'requests': 0, 'connections': 0, 'faults': {},
-                           'methods': {}, 'statuses': {}, 'upstream_errors': 0}
+                           'methods': {}, 'statuses': {}, 'upstream_errors': 0,
+                           'not_applied': {}, 'garbled': {}, 'huge_bytes_sent': 0,
+                           'applied': {}, 'deferred': {}}
             self._log = []
 
     @property
@@ -449,6 +542,13 @@ class FaultProxy:
                 self._log.append(entry)
             return kind, entry, self._stall
 
+    def _count(self, table, key, n=1):
+        with self._lock:
+            if table == 'huge_bytes_sent':
+                self._stats[table] += n
+            else:
+                self._stats[table][key] = self._stats[table].get(key, 0) + n
+
     def _record(self, entry, status):
         with self._lock:
             entry['status'] = status
@@ -497,6 +597,7 @@ class FaultProxy:
             # never read, so the connection cannot be reused.
             self._send_error(cs, kind, method, keep=False)
             self._record(entry, _ERRORS[kind][0])
+            self._count('applied', kind)
             return False
         if expect and has_body:
             cs.sendall(b'HTTP/1.1 100 Continue\r\n\r\n')
@@ -507,9 +608,11 @@ class FaultProxy:
         if kind in _ERRORS:
             self._send_error(cs, kind, method, keep=client_keep)
             self._record(entry, _ERRORS[kind][0])
+            self._count('applied', kind)
             return client_keep
         if kind == 'drop':
             self._record(entry, None)
+            self._count('applied', kind)
             _reset(cs)
             return False
 
@@ -532,6 +635,10 @@ class FaultProxy:
         up_keep = 'close' not in rconn and not close_delimited
         keep = client_keep and up_keep
 
+        if kind is None and not no_body:
+            kind = self._take_pending(method, status, rheaders)
+            if kind:
+                entry['fault'] = kind + ' (deferred)'
         if kind is None:
             cs.sendall(rhead)
             if not no_body:
@@ -544,10 +651,25 @@ class FaultProxy:
             rbody = b''.join(parts)
             self._record(entry, status)
             if kind == 'stall':
+                self._count('applied', kind)
                 if self._stop.wait(stall):
                     return False
                 cs.sendall(rhead + rbody)
+            elif kind in REWRITES:
+                if rframing[0] == 'chunked' and rbody:
+                    rbody = _dechunk(rbody)
+                    rhead = _with_body(rhead, rbody, keep)
+                applied = self._rewrite(cs, kind, method, status, rhead, rheaders, rbody,
+                                        keep, entry)
+                if not applied:
+                    self._not_applied(kind)
+                    cs.sendall(rhead + rbody)
+                else:
+                    self._count('applied', kind)
+                    if kind == 'hugexml':
+                        keep = False
             else:  # reset / truncate
+                self._count('applied', kind)
                 if rbody:
                     data = rhead + rbody[:len(rbody) // 2]
                 else:
@@ -563,6 +685,97 @@ class FaultProxy:
             self._discard(sock)
             up_holder[0] = None
         return keep
+
+    def _not_applied(self, kind):
+        with self._lock:
+            if self._defer and self._pending.get(kind, 0) < 4:
+                self._pending[kind] = self._pending.get(kind, 0) + 1
+                table = 'deferred'
+            else:
+                table = 'not_applied'
+            self._stats[table][kind] = self._stats[table].get(kind, 0) + 1
+
+    def _take_pending(self, method, status, rheaders):
+        """A deferred rewrite that fits this answer (judged by its head), or
+        None."""
+        xml = 'xml' in (_header(rheaders, 'content-type') or '').lower()
+        with self._lock:
+            for kind in sorted(self._pending):
+                fits = (method in ('PUT', 'POST') and 200 <= status < 300
+                        if kind == 'badetag' else xml)
+                if fits:
+                    self._pending[kind] -= 1
+                    if not self._pending[kind]:
+                        del self._pending[kind]
+                    return kind
+        return None
+
+    def _rewrite(self, cs, kind, method, status, rhead, rheaders, rbody, keep, entry):
+        """Sends a rewritten answer; False when the fault does not apply."""
+        if kind == 'badetag':
+            if method not in ('PUT', 'POST') or not 200 <= status < 300:
+                return False
+            lines = rhead[:-4].split(b'\r\n')
+            hit = False
+            for i, raw in enumerate(lines[1:], 1):
+                if raw.partition(b':')[0].strip().lower() == b'etag' and _HEX32.search(raw):
+                    lines[i] = _HEX32.sub(lambda m: _other_hex(m.group(0)), raw, count=1)
+                    hit = True
+            body = rbody
+            if _is_xml(rheaders, rbody):
+                body, n = re.subn(rb'(<ETag>[^<]*?)([0-9a-fA-F]{32})',
+                                  lambda m: m.group(1) + _other_hex(m.group(2)),
+                                  rbody, count=1)
+                hit = hit or n > 0
+            if not hit:
+                return False
+            head = b'\r\n'.join(lines) + b'\r\n\r\n'
+            if body is not rbody:
+                head = _with_body(head, body, keep)
+            cs.sendall(head + body)
+            return True
+        if not _is_xml(rheaders, rbody):
+            return False
+        if kind == 'badxml':
+            with self._lock:
+                body, how = _garble(rbody, self._rng)
+            self._count('garbled', how)
+            cs.sendall(_with_body(rhead, body, keep) + body)
+            return True
+        # hugexml: the real start of the document, then entries without end
+        start = rbody.find(b'>', rbody.find(b'<', rbody.find(b'?>') + 2 if b'?>' in rbody else 0))
+        prefix = rbody[:start + 1] if start > 0 else b'<ListBucketResult>'
+        entry_xml = (b'<Contents><Key>hugexml/' + b'k' * 200 + b'</Key><Size>1</Size>'
+                     b'<ETag>&quot;' + b'0' * 32 + b'&quot;</ETag>'
+                     b'<LastModified>2020-01-01T00:00:00.000Z</LastModified></Contents>')
+        block = entry_xml * max(1, (1 << 20) // len(entry_xml))
+        limit = self._huge
+        lines = rhead[:-4].split(b'\r\n')
+        head = [lines[0]] + [raw for raw in lines[1:]
+                             if raw.partition(b':')[0].strip().lower() not in
+                             (b'content-length', b'transfer-encoding', b'connection')]
+        head.append(b'Content-Length: %d' % limit if limit else b'Transfer-Encoding: chunked')
+        head.append(b'Connection: close')
+        sent = 0
+        try:
+            cs.sendall(b'\r\n'.join(head) + b'\r\n\r\n')
+            data = prefix
+            while not self._stop.is_set():
+                if limit:
+                    data = data[:limit - sent]
+                    if not data:
+                        break
+                    cs.sendall(data)
+                else:
+                    cs.sendall(b'%x\r\n' % len(data) + data + b'\r\n')
+                sent += len(data)
+                data = block
+        except OSError:
+            pass   # the client hung up: what it is meant to do
+        finally:
+            self._count('huge_bytes_sent', None, sent)
+            _close(cs)
+        return True
 
     def _discard(self, sock):
         with self._lock:
@@ -706,6 +919,8 @@ def main(argv=None):
     ap.add_argument('--path-regex')
     ap.add_argument('--script', help='comma-separated kinds (pass = no fault)')
     ap.add_argument('--stall-seconds', type=float, default=30.0)
+    ap.add_argument('--huge-bytes', type=int, default=160 << 20,
+                    help='hugexml body size (0: chunked without end)')
     ap.add_argument('--config-file', help='JSON object of /config settings')
     ap.add_argument('--max-lifetime', type=float, default=600.0)
     a = ap.parse_args(argv)
@@ -715,7 +930,7 @@ def main(argv=None):
                    kinds=a.kinds.split(','), seed=a.seed,
                    methods=a.methods.split(',') if a.methods else None,
                    path_regex=a.path_regex, stall_seconds=a.stall_seconds,
-                   max_lifetime=a.max_lifetime)
+                   max_lifetime=a.max_lifetime, huge_bytes=a.huge_bytes)
     if a.script:
         p.script(*a.script.split(','))
     if a.config_file:
