@@ -412,6 +412,7 @@ struct attempt {
 	bool overflow;
 	bool headers_done; /* the blank line after the final response's headers */
 	int read_errno;
+	bool wrong_version; /* a GET answered with another ETag than If-Match named */
 };
 
 static bool status_ok(long status)
@@ -486,12 +487,38 @@ static size_t on_header(char *buf, size_t size, size_t nitems, void *ud)
 	return size * nitems;
 }
 
+/* Two spellings of one ETag: quotes, a weak prefix and hex case aside. */
+static bool etag_same(const char *a, const char *b)
+{
+	size_t la, lb;
+
+	if (strncmp(a, "W/", 2) == 0)
+		a += 2;
+	if (strncmp(b, "W/", 2) == 0)
+		b += 2;
+	if (*a == '"')
+		a++;
+	if (*b == '"')
+		b++;
+	la = strcspn(a, "\"");
+	lb = strcspn(b, "\"");
+	return la == lb && strncasecmp(a, b, la) == 0;
+}
+
 static size_t on_body(char *buf, size_t size, size_t nmemb, void *ud)
 {
 	struct attempt *a = ud;
 	size_t len = size * nmemb;
 
 	__atomic_fetch_add(&a->c->stats_bytes_down, len, __ATOMIC_RELAXED);
+	/* A server that ignores If-Match (s3rver does) answers with whatever
+	 * version it has now: refuse it before a byte of it reaches the sink,
+	 * as if it had answered 412. */
+	if (a->rq->sink && status_ok(a->status) && a->rq->if_match && a->rs->head.etag[0] &&
+	    !etag_same(a->rs->head.etag, a->rq->if_match)) {
+		a->wrong_version = true;
+		return 0;
+	}
 	if (a->rq->sink && status_ok(a->status)) {
 		int r = a->rq->sink(a->rq->sink_ctx, a->sink_offset + a->delivered, buf, len);
 		if (r) {
@@ -942,6 +969,15 @@ static int perform_once(s3_client *c, CURL *h, s3_http_req *rq, s3_http_resp *rs
 		r = -s3_error_errno(err);
 		if (!r)
 			r = -EIO;
+		if (a->wrong_version) {
+			err->curl_code = 0;
+			err->http_status = 412;
+			snprintf(err->code, sizeof(err->code), "PreconditionFailed");
+			snprintf(err->message, sizeof(err->message),
+			         "the server answered version %s, not %s (If-Match ignored)",
+			         rs->head.etag, rq->if_match);
+			r = -ESTALE;
+		}
 	} else if (!status_ok(rs->status)) {
 		fill_error_from_response(c, rq, rs, err);
 		r = -s3_error_errno(err);
@@ -1046,7 +1082,7 @@ int s3_http_perform(s3_client *c, s3_http_req *rq, s3_http_resp *rs, s3_error *e
 			transient = true;
 		else if (cc != CURLE_OK)
 			transient = curl_code_is_transient(cc) && !a.sink_error && !a.read_errno &&
-			            !a.overflow;
+			            !a.overflow && !a.wrong_version;
 		else
 			transient = rs->status == 500 || rs->status == 502 || rs->status == 503 ||
 			            rs->status == 504 || rs->status == 429 ||
