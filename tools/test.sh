@@ -159,12 +159,12 @@ fi
 # A representative subset (mount, write, read, list, rename, remount,
 # unmount; s3rver) with the plain daemon under valgrind memcheck: no error
 # and no definite or indirect leak at unmount (tests/mount.py, BUCKETFS_VALGRIND).
-if [ $ci_ok = 1 ] && command -v valgrind >/dev/null; then
+if [ $ci_ok = 1 ]; then
   step "valgrind memcheck: test_memcheck.py" env BUCKETFS_BUILD="$ROOT/build-ci" \
     BUCKETFS_VALGRIND=1 BUCKETFS_S3SERVERS=s3rver $PY -m pytest -x -v -p no:cacheprovider \
     --basetemp="$RUN_TMP/pytest-valgrind" tests/test_memcheck.py
 else
-  skip "valgrind memcheck" "build-ci failed or no valgrind"
+  skip "valgrind memcheck" "build-ci failed"
 fi
 
 # ----------------------------------------------------------------- 4c. tsan
