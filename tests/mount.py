@@ -124,8 +124,9 @@ class Mount:
         deadline = time.monotonic() + timeout
         while not os.path.ismount(self.mp):
             if self.proc.poll() is not None:
-                raise AssertionError('bucketfs exited with %d before mounting:\n%s' % (
-                    self.proc.returncode, open(log).read()))
+                raise AssertionError('bucketfs exited with %d before mounting:\n%s%s' % (
+                    self.proc.returncode, open(log).read(),
+                    format_reports(sanitizer_reports(self.sanitizer_log, self.proc.pid))))
             if time.monotonic() > deadline:
                 self.proc.kill()
                 raise AssertionError('bucketfs did not mount within %ss' % timeout)
