@@ -96,7 +96,7 @@ fi
 check_format() {
   git ls-files '*.c' '*.h' | xargs clang-format --dry-run -Werror
 }
-if command -v clang-format >/dev/null && [ -d .git ]; then
+if command -v clang-format >/dev/null && git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
   step "clang-format --dry-run" check_format
 else
   skip "clang-format --dry-run" "no clang-format or not a git checkout"
