@@ -111,9 +111,11 @@ struct fs_wb {
 	bool healthy;      /* the last upload succeeded */
 	bool no_part_copy; /* the server refused UploadPartCopy: upload every part */
 	pthread_mutex_t rename_lock;
+	struct fs_handle *handles; /* open handles; under lock */
 };
 
 struct fs_handle {
+	struct fs_handle *prev, *next; /* in wb->handles; under wb->lock */
 	struct fs_file *f;
 	bool writable;
 	pthread_mutex_t lock; /* the reader serves one thread at a time */
@@ -1000,7 +1002,12 @@ static int wb_handle_new(struct fs_ctx *ctx, struct fs_file *f, struct fuse_file
 	pthread_mutex_lock(&f->lock);
 	f->handles++;
 	pthread_mutex_unlock(&f->lock);
-	(void)ctx;
+	pthread_mutex_lock(&ctx->wb->lock);
+	h->next = ctx->wb->handles;
+	if (h->next)
+		h->next->prev = h;
+	ctx->wb->handles = h;
+	pthread_mutex_unlock(&ctx->wb->lock);
 	fi->fh = (uint64_t)(uintptr_t)h;
 	return 0;
 }
@@ -1385,6 +1392,14 @@ int fs_release(const char *path, struct fuse_file_info *fi)
 	struct fs_file *f = h->f;
 
 	(void)path;
+	pthread_mutex_lock(&ctx->wb->lock);
+	if (h->prev)
+		h->prev->next = h->next;
+	else
+		ctx->wb->handles = h->next;
+	if (h->next)
+		h->next->prev = h->prev;
+	pthread_mutex_unlock(&ctx->wb->lock);
 	if (h->reader)
 		cache_reader_close(h->reader);
 	pthread_mutex_destroy(&h->lock);
@@ -2028,6 +2043,26 @@ void fs_wb_stop(struct fs_ctx *ctx)
 		pthread_join(wb->workers[i], NULL);
 	if (wb->retrier_started)
 		pthread_join(wb->retrier, NULL);
+	/* Handles whose release never came: the kernel drops a RELEASE still
+	 * queued when the connection ends at unmount.  No FUSE call runs any
+	 * more; what they wrote was journaled at flush. */
+	n = 0;
+	while (wb->handles) {
+		struct fs_handle *h = wb->handles;
+		struct fs_file *f = h->f;
+
+		wb->handles = h->next;
+		if (h->reader)
+			cache_reader_close(h->reader);
+		pthread_mutex_destroy(&h->lock);
+		free(h);
+		f->handles--;
+		if (--f->refs == 0)
+			wb_file_free(f);
+		n++;
+	}
+	if (n)
+		fs_log(FS_LOG_INFO, "unmount: %d handle(s) never released", n);
 	while (wb->qhead) {
 		struct wb_qnode *q = wb->qhead;
 		wb->qhead = q->next;
@@ -2040,8 +2075,6 @@ void fs_wb_stop(struct fs_ctx *ctx)
 		while (wb->table[b]) {
 			struct fs_file *f = wb->table[b];
 			wb->table[b] = f->next;
-			/* Handles still open at this point belong to a lazy
-			 * unmount; their files are not freed under them. */
 			if (--f->refs == 0)
 				wb_file_free(f);
 		}

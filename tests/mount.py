@@ -8,9 +8,19 @@
 
 The daemon runs in the foreground (-f) with its log on stderr, captured in a
 file per mount; `errors()` returns the lines logged at level error.
+
+Sanitizers and valgrind.  Every mount runs the daemon with ASAN_OPTIONS,
+UBSAN_OPTIONS and TSAN_OPTIONS that write any report to
+<workdir>/sanitizer.<pid> (ignored by a plain build); unmount fails the test
+if such a file exists or the daemon's exit status is not 0.  With
+BUCKETFS_VALGRIND=1 the daemon runs under valgrind memcheck (a plain build:
+valgrind cannot run an ASan one) with a full leak check; its report goes to
+<workdir>/valgrind-<n>.log and unmount fails on any error or definite or
+indirect leak.  tests/valgrind.supp holds the suppressions.
 """
 
 import concurrent.futures
+import glob
 import os
 import re
 import subprocess
@@ -19,6 +29,40 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 BUILD = os.environ.get('BUCKETFS_BUILD', os.path.join(ROOT, 'build'))
+VALGRIND = os.environ.get('BUCKETFS_VALGRIND', '0') == '1'
+VALGRIND_EXIT = 97  # the daemon's exit status when valgrind found errors or leaks
+
+
+def sanitizer_env(log_prefix, halt_on_ub=False):
+    """Sanitizer settings for a process of the tests.  ASan, LSan and TSan
+    reports go to LOG_PREFIX.<pid> (a file the tests check: a TSan report
+    does not change the exit status) and ASan's exit status is 99.  UBSan's
+    reports go to stderr whatever log_path says when it is combined with ASan
+    (gcc 12), so a Mount reads them in the daemon's log (sanitizer_lines());
+    HALT_ON_UB makes a UBSan report end the process with status 1 instead,
+    for processes whose stderr nobody reads."""
+    common = 'log_path=%s:print_stacktrace=1' % log_prefix
+    return {
+        # not strict_string_checks: it flags strndup() of a buffer without a
+        # NUL, which is legal (the unit tests keep it, tools/test.sh)
+        'ASAN_OPTIONS': common + ':detect_leaks=1:abort_on_error=0:exitcode=99',
+        'UBSAN_OPTIONS': common + ':halt_on_error=%d' % halt_on_ub,
+        'TSAN_OPTIONS': common + ':halt_on_error=0:exitcode=99:second_deadlock_stack=1'
+                                 ':suppressions=%s' % os.path.join(HERE, 'tsan.supp'),
+    }
+
+
+SANITIZER_LINE = re.compile(r'runtime error:|(Address|Leak|Thread|UndefinedBehavior)Sanitizer')
+
+
+def sanitizer_reports(log_prefix, pid=None):
+    """[(path, text)] of the report files under LOG_PREFIX (of PID only if given)."""
+    pattern = log_prefix + ('.%d' % pid if pid is not None else '.*')
+    return [(p, open(p, errors='replace').read()) for p in sorted(glob.glob(pattern))]
+
+
+def format_reports(reports, limit=20000):
+    return '\n'.join('--- %s\n%s' % (p, t[:limit]) for p, t in reports)
 
 
 def bucketfs_bin():
@@ -41,7 +85,11 @@ class Mount:
                      'cache_dir': self.cache_dir, 'dbglevel': 'info', 'list_ttl': 60}
         self.opts.update(opts or {})
         self.env = server.client_env()
+        self.sanitizer_log = os.path.join(self.workdir, 'sanitizer')
+        self.env.update(sanitizer_env(self.sanitizer_log))
         self.env.update(env or {})
+        self.valgrind = VALGRIND
+        self.valgrind_log = None
         self.proc = None
         self.logs = []
         self.count = 0
@@ -55,17 +103,30 @@ class Mount:
         src = self.bucket + (':/' + self.prefix if self.prefix else '')
         return [bucketfs_bin(), src, self.mp, '-f', '-o', o]
 
+    def valgrind_argv(self):
+        self.valgrind_log = os.path.join(self.workdir, 'valgrind-%d.log' % self.count)
+        return ['valgrind', '--tool=memcheck', '--leak-check=full',
+                '--show-leak-kinds=definite,indirect', '--errors-for-leak-kinds=definite,indirect',
+                '--error-exitcode=%d' % VALGRIND_EXIT, '--num-callers=30', '--track-fds=no',
+                '--suppressions=%s' % os.path.join(HERE, 'valgrind.supp'),
+                '--log-file=%s' % self.valgrind_log]
+
     def mount(self, timeout=30):
         self.count += 1
         log = os.path.join(self.workdir, 'bucketfs-%d.log' % self.count)
         self.logs.append(log)
-        self.proc = subprocess.Popen(self.argv(), env=self.env, stdout=subprocess.DEVNULL,
+        argv = self.argv()
+        if self.valgrind:
+            argv = self.valgrind_argv() + argv
+            timeout *= 4
+        self.proc = subprocess.Popen(argv, env=self.env, stdout=subprocess.DEVNULL,
                                      stderr=open(log, 'w'))
         deadline = time.monotonic() + timeout
         while not os.path.ismount(self.mp):
             if self.proc.poll() is not None:
-                raise AssertionError('bucketfs exited with %d before mounting:\n%s' % (
-                    self.proc.returncode, open(log).read()))
+                raise AssertionError('bucketfs exited with %d before mounting:\n%s%s' % (
+                    self.proc.returncode, open(log).read(),
+                    format_reports(sanitizer_reports(self.sanitizer_log, self.proc.pid))))
             if time.monotonic() > deadline:
                 self.proc.kill()
                 raise AssertionError('bucketfs did not mount within %ss' % timeout)
@@ -75,20 +136,34 @@ class Mount:
     def unmount(self, timeout=60):
         if self.proc is None:
             return
+        if self.valgrind:
+            timeout *= 4
         subprocess.run(['fusermount3', '-u', self.mp], check=True)
         try:
             rc = self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             raise AssertionError('bucketfs did not exit within %ss of unmount' % timeout)
-        self.proc = None
+        pid, self.proc = self.proc.pid, None
         log = open(self.logs[-1]).read()
+        reports = sanitizer_reports(self.sanitizer_log, pid)
+        assert not reports, 'bucketfs (exit status %d) left sanitizer reports:\n%s' % (
+            rc, format_reports(reports))
+        san = self.sanitizer_lines()
+        assert not san, 'bucketfs (exit status %d) logged sanitizer reports:\n%s' % (
+            rc, log[-30000:])
+        if self.valgrind:
+            vlog = open(self.valgrind_log, errors='replace').read()
+            assert rc == 0, 'bucketfs under valgrind exited with %d%s; valgrind log:\n%s' % (
+                rc, ' (errors or leaks)' if rc == VALGRIND_EXIT else '', vlog[-30000:])
+            assert 'ERROR SUMMARY: 0 errors' in vlog, 'valgrind found errors:\n' + vlog[-30000:]
         assert rc == 0, 'bucketfs exited with %d:\n%s' % (rc, log)
         errs = self.errors()
         assert not errs, 'bucketfs logged errors:\n' + '\n'.join(errs)
 
     def kill9(self):
-        """kill -9 of the daemon (a crash); the dead mount is detached."""
+        """kill -9 of the daemon (a crash); the dead mount is detached.  (No
+        leak check: the process never reaches exit.)"""
         self.proc.kill()
         self.proc.wait(timeout=30)
         self.proc = None
@@ -116,6 +191,11 @@ class Mount:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
             print('bucketfs log:\n' + open(self.logs[-1]).read()[-20000:])
+            reports = sanitizer_reports(self.sanitizer_log)
+            if reports:
+                print('sanitizer reports:\n' + format_reports(reports))
+            if self.valgrind_log and os.path.exists(self.valgrind_log):
+                print('valgrind log:\n' + open(self.valgrind_log, errors='replace').read()[-20000:])
 
     # ------------------------------------------------------------ looking in
     def errors(self):
@@ -128,6 +208,12 @@ class Mount:
                     if not any(re.search(r, line) for r in self.expected_errors):
                         out.append(line.rstrip())
         return out
+
+    def sanitizer_lines(self):
+        """The lines of a sanitizer report in the daemon's logs (UBSan's; no
+        expected_errors apply)."""
+        return [line.rstrip() for path in self.logs for line in open(path, errors='replace')
+                if SANITIZER_LINE.search(line)]
 
     def log_text(self):
         return ''.join(open(p, errors='replace').read() for p in self.logs)

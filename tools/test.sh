@@ -7,8 +7,11 @@
 #   2. build-ci:   meson -Dwerror=true, ninja, meson test --suite unit
 #   3. build-asan: the same under ASan + UBSan, meson test --suite unit
 #      then tools/fuzz.sh: libFuzzer targets (build-fuzz, clang), 20 s each
-#   4. pytest tests/   (integration: real servers, the real binary from
-#                       BUCKETFS_BUILD=<abs build-ci>)
+#   4. pytest tests/   (integration: real servers, the ASan+UBSan binary from
+#                       BUCKETFS_BUILD=<abs build-asan>; any report fails)
+#   4b. valgrind memcheck of a small subset (build-ci, s3rver)
+#   4c. build-tsan: ThreadSanitizer on a concurrent workload (test_stress.py)
+#   5. bench --quick with build-ci
 #
 # Exits non-zero if any step failed; prints a summary. Servers, proxies and
 # mounts that the tests started live under one temporary directory ($TMPDIR
@@ -93,7 +96,7 @@ fi
 check_format() {
   git ls-files '*.c' '*.h' | xargs clang-format --dry-run -Werror
 }
-if command -v clang-format >/dev/null && [ -d .git ]; then
+if command -v clang-format >/dev/null && git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
   step "clang-format --dry-run" check_format
 else
   skip "clang-format --dry-run" "no clang-format or not a git checkout"
@@ -133,15 +136,51 @@ else
 fi
 
 # ----------------------------------------------------------------- 4. pytest
+# The whole suite mounts the ASan+UBSan build: every mount's daemon writes any
+# sanitizer report into its directory and must exit 0 at unmount with none
+# (tests/mount.py; other processes the tests start: tests/conftest.py).  Only
+# when build-asan failed (already a FAIL above) does it fall back to build-ci.
 if [ $ci_ok = 1 ]; then
-  export BUCKETFS_BUILD=$ROOT/build-ci
-  # Tests that can use sanitized binaries (the s3 fault tests) take them here.
-  [ $asan_ok = 1 ] && export BUCKETFS_ASAN_BUILD=$ROOT/build-asan
+  if [ $asan_ok = 1 ]; then
+    export BUCKETFS_BUILD=$ROOT/build-asan BUCKETFS_ASAN_BUILD=$ROOT/build-asan
+    pytest_name="pytest tests/ (build-asan)"
+  else
+    export BUCKETFS_BUILD=$ROOT/build-ci
+    pytest_name="pytest tests/ (build-ci: no asan)"
+  fi
   # shellcheck disable=SC2086
-  step "pytest tests/" $PY -m pytest -x -v -p no:cacheprovider --durations=40 \
+  step "$pytest_name" $PY -m pytest -x -v -p no:cacheprovider --durations=40 \
     --basetemp="$RUN_TMP/pytest" tests/ ${BUCKETFS_PYTEST_ARGS:-}
 else
   skip "pytest tests/" "build-ci failed"
+fi
+
+# ----------------------------------------------------------------- 4b. valgrind
+# A representative subset (mount, write, read, list, rename, remount,
+# unmount; s3rver) with the plain daemon under valgrind memcheck: no error
+# and no definite or indirect leak at unmount (tests/mount.py, BUCKETFS_VALGRIND).
+if [ $ci_ok = 1 ]; then
+  step "valgrind memcheck: test_memcheck.py" env BUCKETFS_BUILD="$ROOT/build-ci" \
+    BUCKETFS_VALGRIND=1 BUCKETFS_S3SERVERS=s3rver $PY -m pytest -x -v -p no:cacheprovider \
+    --basetemp="$RUN_TMP/pytest-valgrind" tests/test_memcheck.py
+else
+  skip "valgrind memcheck" "build-ci failed"
+fi
+
+# ----------------------------------------------------------------- 4c. tsan
+# build-tsan (gcc -fsanitize=thread) runs a concurrent workload on the mount
+# (tests/test_stress.py: threads reading and writing the same and different
+# files, readdir in parallel); any ThreadSanitizer report fails it.
+if [ $deps_ok = 1 ]; then
+  if step "build-tsan: meson setup" setup_build build-tsan -Dwerror=true \
+        -Db_sanitize=thread -Db_lundef=false &&
+     step "build-tsan: ninja" ninja -C build-tsan fs/bucketfs; then
+    step "tsan: test_stress.py" env BUCKETFS_BUILD="$ROOT/build-tsan" \
+      BUCKETFS_S3SERVERS=s3rver BUCKETFS_STRESS_SECONDS=25 $PY -m pytest -x -v \
+      -p no:cacheprovider --basetemp="$RUN_TMP/pytest-tsan" tests/test_stress.py
+  fi
+else
+  skip "build-tsan" "deps failed"
 fi
 
 # ----------------------------------------------------------------- 5. bench
