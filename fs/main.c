@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <malloc.h>
 #include <pthread.h>
 #include <pwd.h>
 #include <signal.h>
@@ -288,6 +289,9 @@ int main(int argc, char **argv)
 
 	if (argc >= 2 && strcmp(argv[1], "stats") == 0)
 		return stats_command(argc, argv);
+	/* Few malloc arenas: the FUSE, HEAD, prefetch and upload threads
+	 * would otherwise each keep freed memory in an arena of their own. */
+	mallopt(M_ARENA_MAX, 4);
 
 	fs_config_init(&cfg);
 	r = fs_options_parse(argc, argv, &cfg, &args);

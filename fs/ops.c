@@ -540,7 +540,111 @@ struct dir_list {
 	int next; /* next entry for the HEAD workers */
 	pthread_mutex_t lock;
 	struct fs_ctx *ctx;
+	bool ahead; /* the walk-ahead thread's: skip what others fetch */
 };
+
+/*
+ * Walk-ahead.  A recursive walk (ls -lR, find, du, rsync) reads a directory,
+ * then its subdirectories one after the other, and each readdir fetches the
+ * missing attributes of its own entries; alone, that leaves the server idle
+ * while the walker moves on.  So when a readdir looks like the next step of
+ * a depth-first walk (its parent is the previous directory read or one of
+ * its ancestors), one background thread fetches the missing attributes of
+ * the next WALK_AHEAD siblings, head_parallel at a time (listing those
+ * never listed first).  It never goes further than WALK_AHEAD directories
+ * past the walker, and an attribute fetch in flight is never made twice: a
+ * readdir that needs it waits for it.
+ */
+#define WALK_AHEAD 8
+
+static struct {
+	pthread_mutex_t lock;
+	pthread_cond_t cond; /* work for the thread; a fetch in flight ended */
+	struct fs_ctx *ctx;
+	pthread_t thread;
+	bool running, stop;
+	char *last_dir; /* the directory read last */
+	char *parent;   /* the walk: children of parent, in name order */
+	char *ahead;    /* the last child handed to the thread */
+	int budget;     /* children the thread may still prefetch */
+	char **inflight;
+	size_t n_inflight, cap_inflight;
+} walk = {.lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER};
+
+static bool walk_inflight_locked(const char *path)
+{
+	for (size_t i = 0; i < walk.n_inflight; i++)
+		if (strcmp(walk.inflight[i], path) == 0)
+			return true;
+	return false;
+}
+
+/* Claims the fetch of path's attributes.  false: another thread has it in
+ * flight; with `wait`, returns only once that fetch ended. */
+static bool head_claim(const char *path, bool wait)
+{
+	bool mine = false;
+
+	pthread_mutex_lock(&walk.lock);
+	if (walk_inflight_locked(path)) {
+		while (wait && walk_inflight_locked(path))
+			pthread_cond_wait(&walk.cond, &walk.lock);
+	} else {
+		char *copy = strdup(path);
+		if (walk.n_inflight == walk.cap_inflight) {
+			size_t cap = walk.cap_inflight ? walk.cap_inflight * 2 : 32;
+			char **v = realloc(walk.inflight, cap * sizeof(*v));
+			if (v) {
+				walk.inflight = v;
+				walk.cap_inflight = cap;
+			}
+		}
+		/* Out of memory: fetch unclaimed (at worst twice). */
+		if (copy && walk.n_inflight < walk.cap_inflight)
+			walk.inflight[walk.n_inflight++] = copy;
+		else
+			free(copy);
+		mine = true;
+	}
+	pthread_mutex_unlock(&walk.lock);
+	return mine;
+}
+
+static void head_release(const char *path)
+{
+	pthread_mutex_lock(&walk.lock);
+	for (size_t i = 0; i < walk.n_inflight; i++) {
+		if (strcmp(walk.inflight[i], path) == 0) {
+			free(walk.inflight[i]);
+			walk.inflight[i] = walk.inflight[--walk.n_inflight];
+			break;
+		}
+	}
+	pthread_cond_broadcast(&walk.cond);
+	pthread_mutex_unlock(&walk.lock);
+}
+
+/* Takes the attributes another thread stored for `path` into *e. */
+static void head_refresh(struct fs_ctx *ctx, const char *path, meta_entry *e)
+{
+	meta_entry f;
+
+	if (meta_lookup(ctx->meta, path, &f) != 0)
+		return;
+	if (f.etag && e->etag && strcmp(f.etag, e->etag) == 0 && !needs_head(&f)) {
+		e->has = f.has;
+		e->mode = f.mode;
+		e->uid = f.uid;
+		e->gid = f.gid;
+		e->mtime_ns = f.mtime_ns;
+		e->ctime_ns = f.ctime_ns;
+		e->atime_ns = f.atime_ns;
+		free(e->head_etag);
+		e->head_etag = f.head_etag;
+		f.head_etag = NULL;
+	}
+	meta_entry_clear(&f);
+}
 
 static char *dup_or_null(const char *s)
 {
@@ -603,10 +707,22 @@ static void *head_worker(void *arg)
 		if (i >= dl->n)
 			break;
 		char *p = child_path(dl->dir, dl->v[i].name);
-		if (p) {
-			(void)fetch_head(dl->ctx, p, &dl->v[i]);
+		if (!p)
+			continue;
+		if (!head_claim(p, !dl->ahead)) {
+			/* Fetched by another thread meanwhile (the walk-ahead
+			 * skips it: its owner stores it). */
+			if (!dl->ahead)
+				head_refresh(dl->ctx, p, &dl->v[i]);
 			free(p);
+			continue;
 		}
+		/* Stored by another fetch since this list was read? */
+		head_refresh(dl->ctx, p, &dl->v[i]);
+		if (needs_head(&dl->v[i]))
+			(void)fetch_head(dl->ctx, p, &dl->v[i]);
+		head_release(p);
+		free(p);
 	}
 	return NULL;
 }
@@ -632,6 +748,167 @@ static void fetch_heads(struct fs_ctx *ctx, struct dir_list *dl)
 	head_worker(dl);
 	for (int i = 0; i < nth; i++)
 		pthread_join(th[i], NULL);
+}
+
+static void dir_list_free(struct dir_list *dl)
+{
+	for (size_t i = 0; i < dl->n; i++)
+		meta_entry_clear(&dl->v[i]);
+	free(dl->v);
+	dl->v = NULL;
+	dl->n = dl->cap = 0;
+}
+
+/* The walk-ahead thread's work on one sibling directory. */
+static void walk_prefetch_dir(struct fs_ctx *ctx, const char *dir)
+{
+	struct dir_list dl = {.ctx = ctx, .dir = (char *)dir, .ahead = true};
+	int64_t at = 0;
+
+	/* Usually listed already, by a flat listing of an ancestor.  Never
+	 * listed (a bucket too big to list flat): listed here, ahead of the
+	 * walker.  Listed but expired: left to the walker, which relists it
+	 * when it gets there (listing it now could make it list twice). */
+	if (meta_dir_listed_at(ctx->meta, dir, &at) != 0)
+		return;
+	if (at && fs_now_ns() - at >= ctx->list_ttl_ns)
+		return;
+	if (!at && fs_ensure_listed(ctx, dir) != 0)
+		return;
+	pthread_mutex_init(&dl.lock, NULL);
+	if (meta_readdir(ctx->meta, dir, NULL, collect_entry, &dl) == 0)
+		fetch_heads(ctx, &dl);
+	dir_list_free(&dl);
+	pthread_mutex_destroy(&dl.lock);
+}
+
+static int first_subdir(void *arg, const meta_entry *e)
+{
+	char **name = arg;
+
+	if (!e->is_dir)
+		return 0;
+	*name = strdup(e->name);
+	return *name ? 1 : -ENOMEM;
+}
+
+static bool same_str(const char *a, const char *b)
+{
+	return a == b || (a && b && strcmp(a, b) == 0);
+}
+
+static void *walk_thread(void *arg)
+{
+	struct fs_ctx *ctx = arg;
+
+	pthread_mutex_lock(&walk.lock);
+	while (!walk.stop) {
+		if (!walk.parent || walk.budget <= 0) {
+			pthread_cond_wait(&walk.cond, &walk.lock);
+			continue;
+		}
+		char *parent = strdup(walk.parent);
+		char *after = walk.ahead ? strdup(walk.ahead) : NULL;
+		char *name = NULL, *dir = NULL;
+		bool oom = !parent || (walk.ahead && !after);
+		pthread_mutex_unlock(&walk.lock);
+		int r = oom ? -ENOMEM : meta_readdir(ctx->meta, parent, after, first_subdir, &name);
+		pthread_mutex_lock(&walk.lock);
+		if (same_str(walk.parent, parent) && same_str(walk.ahead, after)) {
+			if (r < 0 || !name) {
+				walk.budget = 0; /* no sibling left, or no way on */
+			} else {
+				free(walk.ahead);
+				walk.ahead = strdup(name);
+				walk.budget--;
+				dir = child_path(parent, name);
+			}
+		}
+		pthread_mutex_unlock(&walk.lock);
+		if (dir)
+			walk_prefetch_dir(ctx, dir);
+		free(dir);
+		free(name);
+		free(parent);
+		free(after);
+		pthread_mutex_lock(&walk.lock);
+	}
+	pthread_mutex_unlock(&walk.lock);
+	return NULL;
+}
+
+static void set_str(char **slot, const char *s)
+{
+	free(*slot);
+	*slot = s ? strdup(s) : NULL;
+}
+
+/* Tells the walk-ahead that `path` is being read. */
+static void walk_note_readdir(struct fs_ctx *ctx, const char *path)
+{
+	size_t len = strlen(path);
+	char parent[len + 1];
+	const char *name = fs_base_of(path);
+
+	pthread_mutex_lock(&walk.lock);
+	if (walk.stop) {
+		pthread_mutex_unlock(&walk.lock);
+		return;
+	}
+	if (strcmp(path, "/") != 0) {
+		fs_parent_of(path, parent);
+		size_t plen = strlen(parent);
+		/* A step of a depth-first walk: the parent is the directory
+		 * read last or one of its ancestors. */
+		bool step = walk.last_dir &&
+		            (plen == 1 ||
+		             (strncmp(walk.last_dir, parent, plen) == 0 &&
+		              (walk.last_dir[plen] == '/' || walk.last_dir[plen] == '\0')));
+		if (walk.parent && strcmp(walk.parent, parent) == 0) {
+			if (!walk.ahead || strcmp(name, walk.ahead) > 0) {
+				set_str(&walk.ahead, name); /* the walker overtook it */
+				walk.budget = WALK_AHEAD;
+			} else if (walk.budget < WALK_AHEAD) {
+				walk.budget++;
+			}
+		} else if (step) {
+			set_str(&walk.parent, parent);
+			set_str(&walk.ahead, name);
+			walk.budget = WALK_AHEAD;
+		}
+	}
+	set_str(&walk.last_dir, path);
+	if (walk.parent && walk.budget > 0 && !walk.running) {
+		walk.ctx = ctx;
+		walk.running = pthread_create(&walk.thread, NULL, walk_thread, ctx) == 0;
+	}
+	pthread_cond_broadcast(&walk.cond);
+	pthread_mutex_unlock(&walk.lock);
+}
+
+/* Unmount: stops the walk-ahead thread (a fetch in flight completes). */
+static void walk_stop(void)
+{
+	bool running;
+
+	pthread_mutex_lock(&walk.lock);
+	walk.stop = true;
+	running = walk.running;
+	pthread_cond_broadcast(&walk.cond);
+	pthread_mutex_unlock(&walk.lock);
+	if (running)
+		pthread_join(walk.thread, NULL);
+	pthread_mutex_lock(&walk.lock);
+	walk.running = false;
+	set_str(&walk.last_dir, NULL);
+	set_str(&walk.parent, NULL);
+	set_str(&walk.ahead, NULL);
+	if (walk.n_inflight == 0) { /* no FUSE request runs at unmount */
+		free(walk.inflight);
+		walk.inflight = NULL;
+		walk.cap_inflight = 0;
+	}
+	pthread_mutex_unlock(&walk.lock);
 }
 
 /* With nullpath_ok, readdir gets no path: opendir keeps it in the handle. */
@@ -676,6 +953,7 @@ static int fs_readdir(const char *path_arg, void *buf, fuse_fill_dir_t filler, o
 		meta_entry_clear(&self);
 		return r;
 	}
+	walk_note_readdir(ctx, path);
 	pthread_mutex_init(&dl.lock, NULL);
 	r = meta_readdir(ctx->meta, path, NULL, collect_entry, &dl);
 	if (!r && (flags & FUSE_READDIR_PLUS))
@@ -697,9 +975,7 @@ static int fs_readdir(const char *path_arg, void *buf, fuse_fill_dir_t filler, o
 				break;
 		}
 	}
-	for (size_t i = 0; i < dl.n; i++)
-		meta_entry_clear(&dl.v[i]);
-	free(dl.v);
+	dir_list_free(&dl);
 	pthread_mutex_destroy(&dl.lock);
 	meta_entry_clear(&self);
 	return r;
@@ -912,6 +1188,7 @@ static void *fs_init(struct fuse_conn_info *conn, struct fuse_config *cfg)
 static void fs_destroy(void *private_data)
 {
 	/* Unmount: wait (bounded) for uploads; what remains stays journaled. */
+	walk_stop();
 	fs_wb_stop(private_data);
 }
 

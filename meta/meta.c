@@ -606,7 +606,7 @@ int meta_open(const char *path, const char *bucket_prefix, const meta_options *o
 	if (o.n_readers <= 0)
 		o.n_readers = 4;
 	if (o.cache_kib <= 0)
-		o.cache_kib = 2048;
+		o.cache_kib = 1024;
 	if (o.busy_timeout_ms <= 0)
 		o.busy_timeout_ms = 10000;
 

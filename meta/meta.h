@@ -77,7 +77,7 @@ typedef struct meta_options {
 	meta_log_fn log;     /* NULL: silence */
 	int log_level;       /* messages above this level are not formatted */
 	int n_readers;       /* read connections; 0: 4 */
-	int cache_kib;       /* page cache per connection in KiB; 0: 2048 (writer: 4x) */
+	int cache_kib;       /* page cache per connection in KiB; 0: 1024 (writer: 4x) */
 	int busy_timeout_ms; /* 0: 10000 */
 } meta_options;
 
