@@ -60,6 +60,9 @@ enum meta_stmt_id {
 	MS_JOURNAL_ADD,
 	MS_JOURNAL_UPDATE,
 	MS_JOURNAL_REMOVE,
+	MS_TOMB_ADD,
+	MS_TOMB_GET,
+	MS_TOMB_PRUNE,
 	MS__COUNT
 };
 
@@ -83,6 +86,15 @@ struct meta {
 	pthread_mutex_t wlock; /* the writer connection and next_gen */
 	struct meta_conn writer;
 	uint64_t gen; /* the newest listing generation handed out */
+	/* Listings begun and not yet committed or aborted, oldest first
+	 * (generations are handed out in order).  Under wlock. */
+	struct meta_listing *active_head, *active_tail;
+	/* Tombstones (the writer connection's TEMP table `tombs`): names this
+	 * mount deleted or renamed away while a listing was running, with the
+	 * generation of the removal.  tombs: the table may have rows;
+	 * tomb_seq: bumped by every one added.  Under wlock. */
+	bool tombs;
+	uint64_t tomb_seq;
 
 	pthread_mutex_t rlock; /* the read pool */
 	pthread_cond_t rcond;
@@ -137,6 +149,10 @@ int64_t meta_now_ns(void);
  * Used by listings (vanished directories) and by conflicts. */
 struct meta_changes;
 int meta_delete_subtree(meta *m, const char *dir, struct meta_changes *changes) META_WARN_UNUSED;
+
+/* Records that this mount removed `path` (inside a writer transaction),
+ * if a listing that may have read it before is running. */
+int meta_tomb_add(meta *m, const char *path) META_WARN_UNUSED;
 
 /* Whether directory `dir` has any entry (writer connection). */
 int meta_has_child(meta *m, const char *dir, bool *yes) META_WARN_UNUSED;

@@ -7,6 +7,14 @@
  * vanished, found by one range scan with no per-listing memory.  Stamps only
  * ever grow (max()), so of two overlapping listings the newer one's marks
  * stay and neither deletes what the other has seen.
+ *
+ * A row this mount deletes or renames away leaves nothing to compare with,
+ * so while listings are running the removal leaves a tombstone (path, a
+ * fresh generation) in the writer connection's TEMP table `tombs`.  A
+ * listing begun before it skips every key at or below a tombstoned name: it
+ * may have read the bucket before the removal.  One begun after it applies
+ * them (the object exists again).  Tombstones are pruned when the oldest
+ * running listing ends, and none are kept while no listing runs.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -29,6 +37,8 @@ struct meta_listing {
 	size_t dir_len;
 	bool recursive;
 	uint64_t gen;
+	struct meta_listing *prev, *next; /* meta's running listings */
+	uint64_t tomb_seq;                /* m->tomb_seq when last_parent was checked */
 	meta_change_fn on_change;
 	void *ctx;
 
@@ -367,6 +377,124 @@ static int meta_apply_file(struct meta_listing *l, const char *path, const meta_
 	return err ? err : meta_change(l, path, META_CHANGED);
 }
 
+/* ---------------------------------------------------------------- tombstones */
+
+int meta_tomb_add(meta *m, const char *path)
+{
+	sqlite3_stmt *st;
+	uint64_t gen;
+	int err;
+
+	if (!m->active_head)
+		return 0; /* no listing can have read it before */
+	gen = ++m->gen;
+	err = meta_gen_save(m, gen);
+	if (err)
+		return err;
+	st = meta_stmt(m, &m->writer, MS_TOMB_ADD);
+	if (!st)
+		return -EIO;
+	meta_bind_path(st, 1, path);
+	sqlite3_bind_int64(st, 3, (int64_t)gen);
+	err = meta_wstep(m, st, "tombstone");
+	if (!err) {
+		m->tombs = true;
+		m->tomb_seq++;
+	}
+	return err;
+}
+
+/* 1 if this mount removed `path` after this listing began, else 0. */
+static int meta_tombed(struct meta_listing *l, const char *path)
+{
+	sqlite3_stmt *st;
+	int rc;
+
+	if (!l->m->tombs || path[1] == '\0')
+		return 0;
+	st = meta_stmt(l->m, &l->m->writer, MS_TOMB_GET);
+	if (!st)
+		return -EIO;
+	meta_bind_path(st, 1, path);
+	sqlite3_bind_int64(st, 3, (int64_t)l->gen);
+	rc = sqlite3_step(st);
+	meta_stmt_done(st);
+	if (rc == SQLITE_ROW)
+		return 1;
+	return rc == SQLITE_DONE ? 0 : meta_sqlite_err(l->m, &l->m->writer, rc, "tombstone");
+}
+
+/* 1 if `path` or a directory above it is tombstoned for this listing. */
+static int meta_tombed_chain(struct meta_listing *l, const char *path)
+{
+	char *p;
+	size_t len;
+	int err = 0;
+
+	if (!l->m->tombs)
+		return 0;
+	p = strdup(path);
+	if (!p)
+		return -ENOMEM;
+	for (len = strlen(p); !err && len > 1;) {
+		p[len] = '\0';
+		err = meta_tombed(l, p);
+		while (p[len - 1] != '/')
+			len--;
+		len = len > 1 ? len - 1 : 1;
+	}
+	free(p);
+	return err;
+}
+
+/* With the writer lock: a name removed since the listing last looked may
+ * be one of the directories it remembers stamping. */
+static void meta_tombs_seen(struct meta_listing *l)
+{
+	if (l->tomb_seq == l->m->tomb_seq)
+		return;
+	free(l->last_parent);
+	l->last_parent = NULL;
+	l->tomb_seq = l->m->tomb_seq;
+}
+
+/* Takes a listing out of the running ones; drops the tombstones no running
+ * listing needs any more (those not newer than the oldest one left). */
+static void meta_listing_retire(meta_listing *l)
+{
+	meta *m = l->m;
+	sqlite3_stmt *st;
+	bool prune;
+
+	pthread_mutex_lock(&m->wlock);
+	if (l->prev)
+		l->prev->next = l->next;
+	else
+		m->active_head = l->next;
+	if (l->next)
+		l->next->prev = l->prev;
+	else
+		m->active_tail = l->prev;
+	prune = m->tombs;
+	/* Every later listing is newer than every tombstone: none matters
+	 * now, even if the prune below fails. */
+	if (!m->active_head)
+		m->tombs = false;
+	pthread_mutex_unlock(&m->wlock);
+	if (!prune || meta_write_begin(m) != 0)
+		return;
+	st = meta_stmt(m, &m->writer, MS_TOMB_PRUNE);
+	if (!st) {
+		meta_write_rollback(m);
+		return;
+	}
+	sqlite3_bind_int64(st, 1, m->active_head ? (int64_t)m->active_head->gen : INT64_MAX);
+	if (meta_wstep(m, st, "prune tombstones") != 0)
+		meta_write_rollback(m);
+	else if (meta_write_commit(m) != 0)
+		meta_log(m, META_LOG_DEBUG, "meta: tombstones kept until the next prune");
+}
+
 /* Whether a is p or an ancestor of p. */
 static bool meta_is_ancestor(const char *a, size_t alen, const char *p)
 {
@@ -379,7 +507,7 @@ static bool meta_is_ancestor(const char *a, size_t alen, const char *p)
  * Stamps every directory from `parent` (plen bytes of a path) up to the
  * root, creating the missing ones: keys imply their directories.  Below the
  * listed directory a recursive listing is authoritative about markers;
- * above it nothing is.
+ * above it nothing is.  1 (nothing done) if one of them is tombstoned.
  */
 static int meta_ensure_parents(struct meta_listing *l, const char *parent, size_t plen)
 {
@@ -394,6 +522,22 @@ static int meta_ensure_parents(struct meta_listing *l, const char *parent, size_
 	p = strndup(parent, plen);
 	if (!p)
 		return -ENOMEM;
+	/* Below a name removed since this listing began: skip the key. */
+	for (len = plen; l->m->tombs && len > 1;) {
+		p[len] = '\0';
+		if (l->last_parent && meta_is_ancestor(p, len, l->last_parent))
+			break;
+		err = meta_tombed(l, p);
+		if (err) {
+			free(p);
+			return err;
+		}
+		while (p[len - 1] != '/')
+			len--;
+		len = len > 1 ? len - 1 : 1;
+	}
+	memcpy(p, parent, plen);
+	p[plen] = '\0';
 	for (len = plen; len > 1;) {
 		bool below = len > l->dir_len && (l->dir_len == 1 || p[l->dir_len] == '/');
 
@@ -444,6 +588,13 @@ int meta_listing_begin(meta *m, const char *dir, unsigned flags, meta_change_fn 
 	l->ctx = ctx;
 	pthread_mutex_lock(&m->wlock);
 	l->gen = ++m->gen;
+	l->tomb_seq = m->tomb_seq;
+	l->prev = m->active_tail;
+	if (m->active_tail)
+		m->active_tail->next = l;
+	else
+		m->active_head = l;
+	m->active_tail = l;
 	pthread_mutex_unlock(&m->wlock);
 	*out = l;
 	return 0;
@@ -487,6 +638,10 @@ static int meta_apply_key(struct meta_listing *l, const char *key, const meta_ob
 	n = meta_map_key(l, key, &marker);
 	if (n <= 0)
 		return n;
+	meta_tombs_seen(l);
+	err = meta_tombed(l, l->buf);
+	if (err)
+		return err < 0 ? err : 0;
 	if ((size_t)n == l->dir_len && strcmp(l->buf, l->dir) == 0) {
 		/* "dir/" itself: the root has no row; a file key equal to the
 		 * directory cannot come from listing "dir/". */
@@ -497,12 +652,12 @@ static int meta_apply_key(struct meta_listing *l, const char *key, const meta_ob
 		if (!err)
 			err = meta_apply_dir(l, l->buf, true, true, o->etag, o->last_modified_ns,
 			                     o->size);
-		return err;
+		return err < 0 ? err : 0;
 	}
 	meta_path_split(l->buf, &plen, &name);
 	err = meta_ensure_parents(l, l->buf, plen);
 	if (err)
-		return err;
+		return err < 0 ? err : 0;
 	if (!o) /* a common prefix: one level listings do not say if "a/" exists */
 		return meta_apply_dir(l, l->buf, false, false, NULL, 0, 0);
 	if (marker)
@@ -738,7 +893,7 @@ static int meta_keep_local_parents(struct meta_listing *l, char *lo, char *hi)
 	for (size_t i = 0; !err && i < p.n; i++)
 		err = meta_ensure_parents(l, p.v[i], strlen(p.v[i]));
 	meta_paths_free(&p);
-	return err;
+	return err < 0 ? err : 0;
 }
 
 static int meta_sweep(struct meta_listing *l, char *lo, char *hi)
@@ -796,8 +951,14 @@ static int meta_settle_own_marker(struct meta_listing *l)
 
 static int meta_mark_listed(struct meta_listing *l)
 {
-	sqlite3_stmt *st = meta_stmt(l->m, &l->m->writer, MS_DIRS_UPSERT);
+	sqlite3_stmt *st;
+	int err;
 
+	/* Not a directory removed since: it would seem listed (and empty). */
+	err = meta_tombed_chain(l, l->dir);
+	if (err)
+		return err < 0 ? err : 0;
+	st = meta_stmt(l->m, &l->m->writer, MS_DIRS_UPSERT);
 	if (!st)
 		return -EIO;
 	sqlite3_bind_text(st, 1, l->dir, -1, SQLITE_STATIC);
@@ -808,6 +969,7 @@ static int meta_mark_listed(struct meta_listing *l)
 
 static void meta_listing_free(meta_listing *l)
 {
+	meta_listing_retire(l);
 	meta_cands_truncate(l, 0);
 	free(l->cands);
 	meta_changes_free(&l->changes);
@@ -830,6 +992,7 @@ int meta_listing_commit(meta_listing *l)
 	if (err)
 		goto out;
 	meta_changes_truncate(&l->changes, 0);
+	meta_tombs_seen(l);
 	err = meta_gen_save(l->m, l->gen);
 	for (size_t i = 0; !err && i < l->n_cands; i++)
 		err = meta_settle_cand(l, &l->cands[i]);

@@ -142,12 +142,15 @@ static const char *const meta_sql[MS__COUNT] = {
         [MS_CLEAR_LOCAL] = "UPDATE entries SET local = 0, etag = ?3, head_etag = ?3, size = ?4,"
                            " last_modified_ns = ?5, list_gen = max(list_gen, ?6)"
                            " WHERE parent = ?1 AND name = ?2",
-        [MS_RENAME_ONE] = "UPDATE entries SET parent = ?3, name = ?4, local = (local OR ?5)"
-                          " WHERE parent = ?1 AND name = ?2",
+        /* A fresh generation, as for any local change: a listing already
+         * running neither sweeps nor overwrites the moved rows. */
+        [MS_RENAME_ONE] = "UPDATE entries SET parent = ?3, name = ?4, local = (local OR ?5),"
+                          " list_gen = max(list_gen, ?6) WHERE parent = ?1 AND name = ?2",
         /* Byte offsets: substr() on TEXT counts characters. */
         [MS_RENAME_SUBTREE] = "UPDATE entries SET"
                               " parent = ?4 || CAST(substr(CAST(parent AS BLOB), ?5) AS TEXT),"
-                              " local = (local OR ?6) WHERE " SCOPE,
+                              " local = (local OR ?6), list_gen = max(list_gen, ?7)"
+                              " WHERE " SCOPE,
         [MS_RENAME_DIRS_ONE] = "UPDATE dirs SET path = ?2 WHERE path = ?1",
         [MS_RENAME_DIRS_SUBTREE] = "UPDATE dirs SET"
                                    " path = ?3 || CAST(substr(CAST(path AS BLOB), ?4) AS TEXT)"
@@ -157,6 +160,10 @@ static const char *const meta_sql[MS__COUNT] = {
         [MS_JOURNAL_UPDATE] = "UPDATE journal SET path = ?2, staged_file = ?3, size = ?4,"
                               " state = ?5, upload_id = ?6, parts = ?7 WHERE id = ?1",
         [MS_JOURNAL_REMOVE] = "DELETE FROM journal WHERE id = ?1",
+        [MS_TOMB_ADD] = "INSERT INTO tombs(parent, name, gen) VALUES(?1, ?2, ?3)"
+                        " ON CONFLICT(parent, name) DO UPDATE SET gen = excluded.gen",
+        [MS_TOMB_GET] = "SELECT 1 FROM tombs WHERE parent = ?1 AND name = ?2 AND gen > ?3",
+        [MS_TOMB_PRUNE] = "DELETE FROM tombs WHERE gen <= ?1",
 };
 
 /* ---------------------------------------------------------------- logging */
@@ -643,6 +650,12 @@ int meta_open(const char *path, const char *bucket_prefix, const meta_options *o
 	                "PRAGMA journal_mode = WAL; PRAGMA journal_size_limit = 16777216;");
 	if (!err)
 		err = meta_schema(m, bucket_prefix);
+	/* Tombstones only matter to listings of this handle: a TEMP table of
+	 * the writer connection, empty at every open (see listing.c). */
+	if (!err)
+		err = meta_exec(m, &m->writer,
+		                "CREATE TEMP TABLE tombs(parent TEXT NOT NULL, name TEXT NOT NULL,"
+		                " gen INTEGER NOT NULL, PRIMARY KEY(parent, name)) WITHOUT ROWID;");
 	if (err)
 		goto fail;
 	for (int i = 0; i < o.n_readers; i++) {

@@ -227,11 +227,14 @@ static int meta_forget_listing(meta *m, const char *path)
 static int meta_delete_row(meta *m, const char *path)
 {
 	sqlite3_stmt *st = meta_stmt(m, &m->writer, MS_DELETE);
+	int err;
 
 	if (!st)
 		return -EIO;
 	meta_bind_path(st, 1, path);
-	return meta_run(m, st, "delete");
+	err = meta_run(m, st, "delete");
+	/* A listing already running must not bring it back. */
+	return err ? err : meta_tomb_add(m, path);
 }
 
 int meta_delete(meta *m, const char *path)
@@ -293,7 +296,8 @@ static int meta_rename_target(meta *m, const char *from, const char *to, bool *s
 	return err;
 }
 
-static int meta_rename_subtree(meta *m, const char *from, const char *to, bool mark_local)
+static int meta_rename_subtree(meta *m, const char *from, const char *to, bool mark_local,
+                               uint64_t gen)
 {
 	size_t n = strlen(from);
 	char *lo = malloc(n + 2), *hi = malloc(n + 2);
@@ -310,6 +314,7 @@ static int meta_rename_subtree(meta *m, const char *from, const char *to, bool m
 	sqlite3_bind_text(st, 4, to, -1, SQLITE_STATIC);
 	sqlite3_bind_int64(st, 5, n + 1);
 	sqlite3_bind_int(st, 6, mark_local);
+	sqlite3_bind_int64(st, 7, (int64_t)gen);
 	err = meta_run(m, st, "rename subtree");
 	if (err)
 		goto out;
@@ -370,9 +375,17 @@ int meta_rename(meta *m, const char *from, const char *to, bool mark_local)
 	sqlite3_bind_text(st, 3, to, tplen, SQLITE_STATIC);
 	sqlite3_bind_text(st, 4, tname, -1, SQLITE_STATIC);
 	sqlite3_bind_int(st, 5, mark_local);
-	err = meta_run(m, st, "rename");
+	/* Newer than any listing already running, as in meta_upsert_row(). */
+	uint64_t gen = ++m->gen;
+	sqlite3_bind_int64(st, 6, (int64_t)gen);
+	err = meta_gen_save(m, gen);
+	if (!err)
+		err = meta_run(m, st, "rename");
 	if (!err && is_dir)
-		err = meta_rename_subtree(m, from, to, mark_local);
+		err = meta_rename_subtree(m, from, to, mark_local, gen);
+	/* The source name (and, for a listing, all below it) is gone. */
+	if (!err)
+		err = meta_tomb_add(m, from);
 	return meta_end(m, err);
 }
 

@@ -23,6 +23,7 @@
 
 #include <sqlite3.h>
 
+#include "internal.h" /* the tests peek at the tombs table */
 #include "meta.h"
 
 /* Sanitizers multiply time and memory: the scale test relaxes its bounds. */
@@ -766,6 +767,141 @@ static void test_local_changes_delete_and_rename(void)
 	meta_close(m);
 }
 
+/* ---------------------------------------------------------------- tombstones */
+
+/* A count from the writer connection (it alone sees the TEMP tombs table). */
+static int64_t count_sql(meta *m, const char *sql)
+{
+	sqlite3_stmt *st = NULL;
+	int64_t n = -1;
+
+	pthread_mutex_lock(&m->wlock);
+	if (sqlite3_prepare_v2(m->writer.db, sql, -1, &st, NULL) == SQLITE_OK &&
+	    sqlite3_step(st) == SQLITE_ROW)
+		n = sqlite3_column_int64(st, 0);
+	sqlite3_finalize(st);
+	pthread_mutex_unlock(&m->wlock);
+	return n;
+}
+
+#define TOMBS(m) count_sql(m, "SELECT count(*) FROM tombs")
+
+static void test_a_listing_older_than_a_removal_does_not_bring_the_name_back(void)
+{
+	meta *m = open_db("tomb.db", "");
+	meta_object o[] = {obj("f", 1, "\"f\""), obj("g", 2, "\"g\""), obj("k", 3, "\"k\"")};
+	meta_listing *old, *young;
+	meta_entry e;
+
+	CHECK_INT(list1(m, "/", META_LIST_RECURSIVE, o, 3, NULL, 0, NULL), 3);
+	/* Nothing is kept while no listing runs. */
+	CHECK_INT(meta_delete(m, "/k"), 0);
+	CHECK_INT(TOMBS(m), 0);
+
+	/* A listing begins and reads f and g ... */
+	MUST(meta_listing_begin(m, "/", META_LIST_RECURSIVE, NULL, NULL, &old));
+	/* ... meanwhile this mount deletes f and renames g away ... */
+	CHECK_INT(meta_delete(m, "/f"), 0);
+	CHECK_INT(meta_rename(m, "/g", "/h", false), 0);
+	CHECK_INT(TOMBS(m), 2);
+	/* ... then its page arrives: neither name comes back. */
+	CHECK_INT(meta_listing_add_page(old, o, 2, NULL, 0), 0);
+	CHECK(!exists(m, "/f") && !exists(m, "/g"));
+	CHECK_STR(names_of(m, "/"), "h");
+	/* Nor does commit sweep h, which the page could not show: the
+	 * rename gave it a generation newer than the listing's. */
+	CHECK_INT(meta_listing_commit(old), 2);
+	CHECK(!exists(m, "/f") && !exists(m, "/g"));
+	CHECK_STR(names_of(m, "/"), "h");
+	CHECK_INT(TOMBS(m), 0);
+
+	/* A listing begun after the removal shows the object exists again
+	 * (another client made it): it comes back, even while an older
+	 * listing still runs. */
+	MUST(meta_listing_begin(m, "/", META_LIST_RECURSIVE, NULL, NULL, &old));
+	CHECK_INT(meta_delete(m, "/h"), 0);
+	MUST(meta_listing_begin(m, "/", META_LIST_RECURSIVE, NULL, NULL, &young));
+	CHECK_INT(meta_listing_add_page(young, o, 3, NULL, 0), 0);
+	CHECK(exists(m, "/f"));
+	CHECK_INT(meta_listing_add_page(old, o, 3, NULL, 0), 0);
+	CHECK(exists(m, "/f") && exists(m, "/g") && exists(m, "/k"));
+	CHECK(!exists(m, "/h")); /* old's key would be "h": tombstoned */
+	CHECK_INT(TOMBS(m), 1);
+	/* The oldest listing ends: tombstones older than the next one go. */
+	CHECK_INT(meta_listing_commit(old), 3);
+	CHECK_INT(TOMBS(m), 0);
+	CHECK_INT(meta_listing_commit(young), 3);
+	CHECK_INT(meta_lookup(m, "/f", &e), 0);
+	CHECK_STR(e.etag, "\"f\"");
+	meta_entry_clear(&e);
+
+	/* An aborted listing prunes too; and a reopened index has none. */
+	MUST(meta_listing_begin(m, "/", META_LIST_RECURSIVE, NULL, NULL, &old));
+	CHECK_INT(meta_delete(m, "/f"), 0);
+	MUST(meta_listing_begin(m, "/", META_LIST_RECURSIVE, NULL, NULL, &young));
+	CHECK_INT(meta_delete(m, "/k"), 0);
+	CHECK_INT(TOMBS(m), 2);
+	meta_listing_abort(old);
+	CHECK_INT(TOMBS(m), 1); /* k's: newer than young */
+	/* Tombstones belong to the handle: another one starts with none. */
+	meta *m2 = open_db("tomb.db", "");
+	CHECK_INT(TOMBS(m2), 0);
+	CHECK(!exists(m2, "/f") && !exists(m2, "/k"));
+	meta_close(m2);
+	meta_listing_abort(young);
+	CHECK_INT(TOMBS(m), 0);
+	meta_close(m);
+}
+
+static void test_an_older_listing_does_not_bring_back_a_removed_directory(void)
+{
+	meta *m = open_db("tombdir.db", "");
+	meta_object o[] = {obj("d/a", 1, "\"1\""), obj("d/s/b", 2, "\"2\""),
+	                   obj("d/s/new", 3, "\"3\""), obj("e/x", 4, "\"4\""),
+	                   obj("p/a", 5, "\"5\"")};
+	meta_object first[] = {o[0], o[1], o[3]};
+	meta_object late[] = {obj("p/b", 6, "\"6\"")};
+	const char *sub[] = {"d/s/"};
+	meta_listing *rec, *flat;
+
+	CHECK_INT(list1(m, "/", META_LIST_RECURSIVE, first, 3, NULL, 0, NULL), 3);
+	MUST(meta_listing_begin(m, "/", META_LIST_RECURSIVE, NULL, NULL, &rec));
+	MUST(meta_listing_begin(m, "/d", 0, NULL, NULL, &flat));
+	/* A directory renamed away (its subtree with it) and one deleted. */
+	CHECK_INT(meta_rename(m, "/d", "/n", true), 0);
+	CHECK_INT(meta_delete(m, "/e/x"), 0);
+	CHECK_INT(meta_delete(m, "/e"), 0);
+	/* The recursive page shows the old tree, and d/s/new, a key the
+	 * index never had: nothing below the removed names comes back. */
+	CHECK_INT(meta_listing_add_page(rec, o, 4, NULL, 0), 0);
+	CHECK(!exists(m, "/d") && !exists(m, "/d/a") && !exists(m, "/d/s"));
+	CHECK(!exists(m, "/d/s/new") && !exists(m, "/e") && !exists(m, "/e/x"));
+	CHECK_STR(names_of(m, "/n/s"), "b");
+	CHECK_INT(meta_listing_commit(rec), 4);
+	CHECK_STR(names_of(m, "/"), "n/");
+	/* The one level listing of the old directory: no rows, and the
+	 * directory is not remembered as listed. */
+	CHECK_INT(meta_listing_add_page(flat, o, 1, sub, 1), 0);
+	CHECK_INT(meta_listing_commit(flat), 2);
+	CHECK(!exists(m, "/d") && !exists(m, "/d/a") && !exists(m, "/d/s"));
+	CHECK_INT(count_sql(m, "SELECT count(*) FROM dirs WHERE path = '/d'"), 0);
+	CHECK_INT(TOMBS(m), 0);
+
+	/* A directory a listing stamped on an earlier page, renamed away
+	 * before the next page: the listing's memory of it is dropped. */
+	MUST(meta_listing_begin(m, "/", META_LIST_RECURSIVE, NULL, NULL, &rec));
+	CHECK_INT(meta_listing_add_page(rec, o + 4, 1, NULL, 0), 0);
+	CHECK(exists(m, "/p/a"));
+	CHECK_INT(meta_rename(m, "/p", "/q", true), 0);
+	CHECK_INT(meta_listing_add_page(rec, late, 1, NULL, 0), 0);
+	CHECK(!exists(m, "/p") && !exists(m, "/p/b"));
+	CHECK_STR(names_of(m, "/q"), "a");
+	CHECK_INT(meta_listing_commit(rec), 2);
+	CHECK(!exists(m, "/p"));
+	CHECK_INT(TOMBS(m), 0);
+	meta_close(m);
+}
+
 /* ---------------------------------------------------------------- persistence */
 
 static int count_journal(void *ctx, const meta_journal_entry *j)
@@ -1207,6 +1343,8 @@ int main(void)
 	test_a_listing_older_than_a_local_change_leaves_it();
 	test_a_directory_hides_a_file_of_the_same_name();
 	test_local_changes_delete_and_rename();
+	test_a_listing_older_than_a_removal_does_not_bring_the_name_back();
+	test_an_older_listing_does_not_bring_back_a_removed_directory();
 	test_index_survives_close_and_reopen();
 	test_cloudfiles_view_answers_like_the_dynamodb_table();
 	test_100k_entries_list_and_read_fast();
