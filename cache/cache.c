@@ -22,9 +22,6 @@
 
 #include "internal.h"
 
-/* How many LRU stamps may wait in memory before they are saved. */
-#define CACHE_TOUCHED_MAX 4096
-
 /* Disk space kept free on the cache's file system: 1% of it, at least this. */
 #define CACHE_DISK_RESERVE_MIN (2ULL << 20)
 
@@ -58,6 +55,16 @@ uint64_t cache_blk_len(const struct cache_obj *o, uint64_t bs, uint64_t idx)
 static uint64_t cache_round_up(uint64_t n)
 {
 	return (n + CACHE_FS_BLOCK - 1) / CACHE_FS_BLOCK * CACHE_FS_BLOCK;
+}
+
+/* Per cached small object the cache keeps one cache_obj (64 bytes plus key
+ * and ETag) and one of these in memory; see test_memory_per_cached_small_object. */
+_Static_assert(sizeof(void *) != 8 || sizeof(struct cache_blk) == 56, "struct cache_blk grew");
+
+/* What a block costs against the cap: its length rounded up to 4 KiB. */
+uint64_t cache_blk_charge(cache *c, const struct cache_blk *b)
+{
+	return cache_round_up(cache_blk_len(b->obj, c->bs, b->idx));
 }
 
 /* Extent-tree allowance for a file with nblk cached blocks: ext4 keeps four
@@ -166,26 +173,31 @@ static void cache_obj_unhash(cache *c, struct cache_obj *o)
 	o->hnext = NULL;
 }
 
-static char *cache_obj_path(cache *c, const char *key, int64_t id, bool mkdirs)
+bool cache_obj_path(cache *c, const char *key, int64_t id, char *path)
 {
-	char hex[65], *path;
+	char hex[65];
+	int n;
 
 	cache_key_hash(key, hex);
-	if (mkdirs) {
-		if (asprintf(&path, "%s/%.2s", c->objdir, hex) < 0)
-			return NULL;
-		if (mkdir(path, 0700) < 0 && errno != EEXIST) {
-			int err = errno;
-
-			free(path);
-			errno = err;
-			return NULL;
-		}
-		free(path);
+	n = snprintf(path, PATH_MAX, "%s/%.2s/%s-%lld", c->objdir, hex, hex, (long long)id);
+	if (n < 0 || n >= PATH_MAX) {
+		errno = ENAMETOOLONG;
+		return false;
 	}
-	if (asprintf(&path, "%s/%.2s/%s-%lld", c->objdir, hex, hex, (long long)id) < 0)
-		return NULL;
-	return path;
+	return true;
+}
+
+/* Creates the directory of a path made by cache_obj_path. */
+int cache_obj_mkdir(char *path)
+{
+	char *slash = strrchr(path, '/');
+	int rc = 0;
+
+	*slash = '\0';
+	if (mkdir(path, 0700) < 0 && errno != EEXIST)
+		rc = -errno;
+	*slash = '/';
+	return rc;
 }
 
 /* A new in-memory object, hashed, with no reference and no open file.
@@ -193,31 +205,42 @@ static char *cache_obj_path(cache *c, const char *key, int64_t id, bool mkdirs)
 struct cache_obj *cache_obj_new(cache *c, const char *key, const char *etag, uint64_t size,
                                 int64_t id, bool create_file)
 {
-	struct cache_obj *o = calloc(1, sizeof(*o));
-	size_t h;
-	int err;
+	size_t klen = strlen(key), elen = strlen(etag), h;
+	struct cache_obj *o;
 
+	if (klen > UINT16_MAX) {
+		errno = ENAMETOOLONG;
+		return NULL;
+	}
+	o = malloc(offsetof(struct cache_obj, key) + klen + 1 + elen + 1);
 	if (!o)
 		return NULL;
+	if (create_file) {
+		char path[PATH_MAX];
+		int fd = -1, rc = 0;
+
+		if (!cache_obj_path(c, key, id, path))
+			rc = -errno;
+		if (!rc)
+			rc = cache_obj_mkdir(path);
+		/* O_TRUNC: a file left over by a crash must not lend its bytes. */
+		if (!rc && (fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600)) < 0)
+			rc = -errno;
+		if (rc) {
+			free(o);
+			errno = -rc;
+			return NULL;
+		}
+		close(fd);
+	}
+	memset(o, 0, sizeof(*o));
 	o->fd = -1;
 	o->id = id;
 	o->size = size;
+	o->klen = (uint16_t)klen;
 	cache_list_init(&o->blocks);
-	o->key = strdup(key);
-	o->etag = strdup(etag);
-	if (!o->key || !o->etag)
-		goto fail;
-	o->path = cache_obj_path(c, key, id, create_file);
-	if (!o->path)
-		goto fail;
-	if (create_file) {
-		/* O_TRUNC: a file left over by a crash must not lend its bytes. */
-		int fd = open(o->path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-
-		if (fd < 0)
-			goto fail;
-		close(fd);
-	}
+	memcpy(o->key, key, klen + 1);
+	memcpy(o->key + klen + 1, etag, elen + 1);
 	if (c->obj_n >= c->obj_nb)
 		cache_obj_tab_grow(c);
 	h = cache_str_hash(key) & (c->obj_nb - 1);
@@ -225,27 +248,44 @@ struct cache_obj *cache_obj_new(cache *c, const char *key, const char *etag, uin
 	c->obj_tab[h] = o;
 	c->obj_n++;
 	return o;
-fail:
-	err = errno;
-	free(o->key);
-	free(o->etag);
-	free(o->path);
-	free(o);
-	errno = err;
-	return NULL;
+}
+
+/* Removes o's file (its path derived again). */
+static void cache_obj_unlink(cache *c, const struct cache_obj *o)
+{
+	char path[PATH_MAX];
+
+	if (cache_obj_path(c, o->key, o->id, path))
+		unlink(path);
+}
+
+/* Opens o's file; -errno on failure. */
+static int cache_obj_open(cache *c, const struct cache_obj *o)
+{
+	char path[PATH_MAX];
+	int fd;
+
+	if (!cache_obj_path(c, o->key, o->id, path))
+		return -errno;
+	fd = open(path, O_RDWR | O_CLOEXEC);
+	if (fd < 0) {
+		int err = errno;
+
+		cache_log(c, CACHE_LOG_ERR, "cache: open %s: %s", path, strerror(err));
+		return -err;
+	}
+	return fd;
 }
 
 /* Takes a reference; the first one opens the file. */
 static int cache_obj_ref(cache *c, struct cache_obj *o)
 {
 	if (o->refs == 0 && o->fd < 0) {
-		o->fd = open(o->path, O_RDWR | O_CLOEXEC);
-		if (o->fd < 0) {
-			int err = errno;
+		int fd = cache_obj_open(c, o);
 
-			cache_log(c, CACHE_LOG_ERR, "cache: open %s: %s", o->path, strerror(err));
-			return -err;
-		}
+		if (fd < 0)
+			return fd;
+		o->fd = fd;
 	}
 	o->refs++;
 	return 0;
@@ -273,10 +313,7 @@ int cache_obj_create(cache *c, const char *key, const char *etag, uint64_t size,
 		rc = cache_obj_ref(c, o);
 		if (rc) {
 			cache_obj_unhash(c, o);
-			unlink(o->path);
-			free(o->key);
-			free(o->etag);
-			free(o->path);
+			cache_obj_unlink(c, o);
 			free(o);
 			goto fail;
 		}
@@ -298,14 +335,11 @@ void cache_obj_free(cache *c, struct cache_obj *o)
 		cache_obj_unhash(c, o);
 		if (cache_db_delete_obj(c, o->id))
 			cache_log(c, CACHE_LOG_WARNING, "cache: could not forget %s", o->key);
-		unlink(o->path);
+		cache_obj_unlink(c, o);
 	}
 	if (o->fd >= 0)
 		close(o->fd);
 	c->cur_bytes -= o->meta_charge;
-	free(o->key);
-	free(o->etag);
-	free(o->path);
 	free(o);
 }
 
@@ -335,7 +369,7 @@ void cache_obj_drop(cache *c, struct cache_obj *o)
 	o->dead = true;
 	if (cache_db_delete_obj(c, o->id))
 		cache_log(c, CACHE_LOG_WARNING, "cache: could not forget %s", o->key);
-	unlink(o->path);
+	cache_obj_unlink(c, o);
 	for (l = o->blocks.next; l != &o->blocks; l = next) {
 		struct cache_blk *b = cache_container_of(l, struct cache_blk, olink);
 
@@ -360,7 +394,7 @@ static struct cache_obj *cache_obj_get(cache *c, const char *key, const char *et
 	struct cache_obj *o = cache_obj_lookup(c, key);
 	int rc;
 
-	if (o && (strcmp(o->etag, etag) != 0 || o->size != size)) {
+	if (o && (strcmp(cache_obj_etag(o), etag) != 0 || o->size != size)) {
 		if (mode != CACHE_GET_READ) {
 			errno = mode == CACHE_GET_PREFETCH ? ESTALE : ENOENT;
 			return NULL;
@@ -435,22 +469,26 @@ static void cache_blk_unhash(cache *c, struct cache_blk *b)
 	b->hnext = NULL;
 }
 
-/* A new block of o, hashed and charged `charge` (already counted in
- * c->cur_bytes by the caller); no pin, not in the LRU.  NULL on ENOMEM. */
+/* A new block of o, hashed; its charge (cache_blk_charge) is counted in
+ * c->cur_bytes by the caller; no pin, not in the LRU.  NULL with errno:
+ * ENOMEM, or EFBIG for a block index beyond 2^32. */
 struct cache_blk *cache_blk_add(cache *c, struct cache_obj *o, uint64_t idx,
-                                enum cache_blk_state state, uint64_t charge)
+                                enum cache_blk_state state)
 {
-	struct cache_blk *b = calloc(1, sizeof(*b));
+	struct cache_blk *b;
 	size_t h;
 
+	if (idx > UINT32_MAX) {
+		errno = EFBIG;
+		return NULL;
+	}
+	b = calloc(1, sizeof(*b));
 	if (!b)
 		return NULL;
 	b->obj = o;
-	b->idx = idx;
+	b->idx = (uint32_t)idx;
 	b->state = state;
-	b->charge = charge;
 	cache_list_init(&b->lru);
-	cache_list_init(&b->touched);
 	cache_list_add_tail(&o->blocks, &b->olink);
 	o->nblk++;
 	if (c->blk_n >= c->blk_nb)
@@ -468,13 +506,9 @@ static void cache_blk_detach(cache *c, struct cache_blk *b)
 {
 	cache_blk_unhash(c, b);
 	cache_list_del(&b->lru);
-	if (!cache_list_empty(&b->touched)) {
-		cache_list_del(&b->touched);
-		c->ntouched--;
-	}
 	cache_list_del(&b->olink);
 	b->obj->nblk--;
-	c->cur_bytes -= b->charge;
+	c->cur_bytes -= cache_blk_charge(c, b);
 }
 
 /* Forgets an unpinned block without touching its data or its row. */
@@ -492,7 +526,7 @@ static void cache_blk_release(cache *c, struct cache_blk *b)
 	int fd = o->fd;
 
 	if (fd < 0)
-		fd = open(o->path, O_RDWR | O_CLOEXEC);
+		fd = cache_obj_open(c, o);
 	if (fd >= 0) {
 		/* On failure the charge is still released: the cap may then be
 		 * exceeded on disk until the object goes, which is logged. */
@@ -514,12 +548,13 @@ static void cache_blk_free(cache *c, struct cache_blk *b)
 /* Stamps b as most recently used, to be saved with the next batch. */
 void cache_blk_touch(cache *c, struct cache_blk *b)
 {
-	b->seq = ++c->seq;
-	if (cache_list_empty(&b->touched)) {
-		cache_list_add_tail(&c->touched, &b->touched);
-		c->ntouched++;
-	}
-	if (c->ntouched >= CACHE_TOUCHED_MAX)
+	++c->seq;
+	if (b->obj->dead)
+		return;
+	c->touched[c->ntouched].obj = b->obj->id;
+	c->touched[c->ntouched].idx = b->idx;
+	c->touched[c->ntouched].seq = c->seq;
+	if (++c->ntouched >= CACHE_TOUCHED_MAX)
 		cache_db_save_touched(c);
 }
 
@@ -673,9 +708,9 @@ static int cache_blk_acquire(cache *c, struct cache_obj *o, uint64_t idx, bool w
 	extra = meta > o->meta_charge ? meta - o->meta_charge : 0;
 	if (data + extra > c->cfg.size || !cache_evict_until(c, data + extra))
 		return CACHE_ACQ_NOROOM;
-	b = cache_blk_add(c, o, idx, BLK_FETCHING, data);
+	b = cache_blk_add(c, o, idx, BLK_FETCHING);
 	if (!b)
-		return -ENOMEM;
+		return errno == EFBIG ? CACHE_ACQ_NOROOM : -ENOMEM;
 	o->meta_charge += extra;
 	c->cur_bytes += data + extra;
 	c->fetching_bytes += data;
@@ -707,7 +742,8 @@ static int cache_blk_write(cache *c, struct cache_obj *o, uint64_t off, uint64_t
 			done += (uint64_t)n;
 		}
 	} else {
-		rc = c->cfg.fetch(c->cfg.fetch_ctx, o->key, o->etag, off, len, o->fd, off, NULL);
+		rc = c->cfg.fetch(c->cfg.fetch_ctx, o->key, cache_obj_etag(o), off, len, o->fd, off,
+		                  NULL);
 		if (rc > 0)
 			rc = -EIO; /* not part of the contract */
 	}
@@ -747,7 +783,7 @@ static int cache_blk_fill(cache *c, struct cache_blk *b, const void *data)
 	}
 
 	pthread_mutex_lock(&c->lock);
-	c->fetching_bytes -= b->charge;
+	c->fetching_bytes -= cache_blk_charge(c, b);
 	if (!rc && !o->dead) {
 		int r = cache_db_insert_blk(c, o->id, b->idx, c->seq + 1);
 
@@ -846,7 +882,7 @@ static int cache_read_block(cache *c, struct cache_obj *o, uint64_t idx, uint64_
 	/* No room, or the disk filled up under the fetch (ours or the one we
 	 * waited for): serve the read without caching. */
 	if (rc == CACHE_ACQ_NOROOM || cache_nospace(rc))
-		return cache_stream(c, o->key, o->etag, off, len, buf);
+		return cache_stream(c, o->key, cache_obj_etag(o), off, len, buf);
 	if (rc < 0)
 		return rc;
 	if (rc == CACHE_ACQ_FETCH)
@@ -859,7 +895,7 @@ static int cache_read_block(cache *c, struct cache_obj *o, uint64_t idx, uint64_
 	cache_blk_unpin(c, b);
 	pthread_mutex_unlock(&c->lock);
 	if (cache_nospace(rc))
-		return cache_stream(c, o->key, o->etag, off, len, buf);
+		return cache_stream(c, o->key, cache_obj_etag(o), off, len, buf);
 	return rc;
 }
 
@@ -890,7 +926,7 @@ static void cache_run_ready(struct cache_progress *p, unsigned k)
 	for (; p->ready < k; p->ready++) {
 		struct cache_blk *b = p->blk[p->ready];
 
-		c->fetching_bytes -= b->charge;
+		c->fetching_bytes -= cache_blk_charge(c, b);
 		b->state = BLK_PRESENT;
 		c->st.miss_bytes += cache_blk_len(p->o, c->bs, b->idx);
 		if (p->prefetch)
@@ -957,7 +993,7 @@ static void cache_run_fail(struct cache_progress *p, int rc)
 	for (unsigned i = p->ready; i < p->n; i++) {
 		struct cache_blk *b = p->blk[i];
 
-		c->fetching_bytes -= b->charge;
+		c->fetching_bytes -= cache_blk_charge(c, b);
 		cache_blk_detach(c, b);
 		b->state = BLK_FAILED;
 		b->err = rc;
@@ -1033,7 +1069,8 @@ int cache_fetch_run(cache *c, struct cache_obj *o, uint64_t idx, unsigned n, boo
 			break; /* the end, no room, or ENOMEM */
 		off = idx * c->bs;
 		len = (idx + p.n) * c->bs < o->size ? p.n * c->bs : o->size - off;
-		rc = c->cfg.fetch(c->cfg.fetch_ctx, o->key, o->etag, off, len, o->fd, off, &p);
+		rc = c->cfg.fetch(c->cfg.fetch_ctx, o->key, cache_obj_etag(o), off, len, o->fd, off,
+		                  &p);
 		if (rc > 0)
 			rc = -EIO; /* not part of the contract */
 		if (!rc)
@@ -1257,9 +1294,6 @@ static void cache_destroy(cache *c)
 				}
 				if (o->fd >= 0)
 					close(o->fd);
-				free(o->key);
-				free(o->etag);
-				free(o->path);
 				free(o);
 			}
 		}
@@ -1268,6 +1302,7 @@ static void cache_destroy(cache *c)
 	cache_db_close(c);
 	free(c->obj_tab);
 	free(c->blk_tab);
+	free(c->touched);
 	pthread_cond_destroy(&c->pool_cond);
 	pthread_cond_destroy(&c->cond);
 	pthread_mutex_destroy(&c->lock);
@@ -1307,14 +1342,14 @@ int cache_open(const cache_config *cfg, cache **out)
 	pthread_cond_init(&c->cond, NULL);
 	pthread_cond_init(&c->pool_cond, NULL);
 	cache_list_init(&c->lru);
-	cache_list_init(&c->touched);
 	cache_list_init(&c->queue);
 	cache_list_init(&c->stages);
 	c->obj_nb = c->blk_nb = 64;
 	c->obj_tab = calloc(c->obj_nb, sizeof(*c->obj_tab));
+	c->touched = calloc(CACHE_TOUCHED_MAX, sizeof(*c->touched));
 	c->blk_tab = calloc(c->blk_nb, sizeof(*c->blk_tab));
 	c->dir = strdup(cfg->dir);
-	if (!c->obj_tab || !c->blk_tab || !c->dir ||
+	if (!c->obj_tab || !c->blk_tab || !c->touched || !c->dir ||
 	    asprintf(&c->objdir, "%s/objects", cfg->dir) < 0 ||
 	    asprintf(&c->stagedir, "%s/staging", cfg->dir) < 0 ||
 	    asprintf(&lockpath, "%s/lock", cfg->dir) < 0) {

@@ -229,20 +229,12 @@ int cache_db_delete_stage(cache *c, const char *key)
  * transaction.  Losing them (a crash) only makes the LRU order older. */
 void cache_db_save_touched(cache *c)
 {
-	struct cache_list *l;
 	bool ok = cache_db_exec(c, "BEGIN") == 0;
 
-	while (!cache_list_empty(&c->touched)) {
-		struct cache_blk *b;
-
-		l = c->touched.next;
-		b = cache_container_of(l, struct cache_blk, touched);
-		cache_list_del(l);
-		c->ntouched--;
-		if (ok && !b->obj->dead && b->state == BLK_PRESENT)
-			ok = cache_db_run(c, c->st_upd_seq, "iii", (int64_t)b->seq, b->obj->id,
-			                  (int64_t)b->idx) == 0;
-	}
+	for (size_t i = 0; ok && i < c->ntouched; i++)
+		ok = cache_db_run(c, c->st_upd_seq, "iii", (int64_t)c->touched[i].seq,
+		                  c->touched[i].obj, (int64_t)c->touched[i].idx) == 0;
+	c->ntouched = 0;
 	if (ok)
 		ok = cache_db_exec(c, "COMMIT") == 0;
 	if (!ok) {
@@ -330,7 +322,7 @@ static int cache_load_blocks(cache *c, struct cache_obj **v, size_t n)
 		return rc;
 	while ((step = sqlite3_step(st)) == SQLITE_ROW) {
 		struct cache_obj *o = cache_objs_find(v, n, sqlite3_column_int64(st, 0));
-		uint64_t idx = (uint64_t)sqlite3_column_int64(st, 1), len, charge;
+		uint64_t idx = (uint64_t)sqlite3_column_int64(st, 1), len, seq;
 		struct cache_blk *b;
 
 		if (!o)
@@ -338,16 +330,17 @@ static int cache_load_blocks(cache *c, struct cache_obj **v, size_t n)
 		len = cache_blk_len(o, c->bs, idx);
 		if (len == 0 || cache_blk_lookup(c, o, idx))
 			continue;
-		charge = (len + CACHE_FS_BLOCK - 1) / CACHE_FS_BLOCK * CACHE_FS_BLOCK;
-		b = cache_blk_add(c, o, idx, BLK_PRESENT, charge);
+		b = cache_blk_add(c, o, idx, BLK_PRESENT);
 		if (!b) {
+			if (errno == EFBIG)
+				continue; /* not a block this cache makes: dropped */
 			rc = -ENOMEM;
 			break;
 		}
-		c->cur_bytes += charge;
-		b->seq = (uint64_t)sqlite3_column_int64(st, 2);
-		if (b->seq > c->seq)
-			c->seq = b->seq;
+		c->cur_bytes += cache_blk_charge(c, b);
+		seq = (uint64_t)sqlite3_column_int64(st, 2);
+		if (seq > c->seq)
+			c->seq = seq;
 		cache_list_add(&c->lru, &b->lru);
 	}
 	if (!rc && step != SQLITE_DONE)
@@ -364,9 +357,13 @@ static int cache_load_blocks(cache *c, struct cache_obj **v, size_t n)
  * and punching.  False when the file is gone. */
 static bool cache_reconcile_file(cache *c, struct cache_obj *o)
 {
-	int fd = open(o->path, O_RDWR | O_CLOEXEC);
+	char path[PATH_MAX];
 	off_t pos = 0;
+	int fd;
 
+	if (!cache_obj_path(c, o->key, o->id, path))
+		return false;
+	fd = open(path, O_RDWR | O_CLOEXEC);
 	if (fd < 0)
 		return false;
 	for (;;) {
@@ -407,7 +404,7 @@ static void cache_sweep_objdir(cache *c, struct cache_obj **v, size_t n)
 		while (d && (fe = readdir(d))) {
 			const char *dash = strrchr(fe->d_name, '-');
 			struct cache_obj *o = NULL;
-			char *path;
+			char *path, want[PATH_MAX];
 
 			if (!strcmp(fe->d_name, ".") || !strcmp(fe->d_name, ".."))
 				continue;
@@ -415,7 +412,8 @@ static void cache_sweep_objdir(cache *c, struct cache_obj **v, size_t n)
 				o = cache_objs_find(v, n, strtoll(dash + 1, NULL, 10));
 			if (asprintf(&path, "%s/%s", sub, fe->d_name) < 0)
 				break;
-			if (!o || strcmp(o->path, path) != 0) {
+			if (!o || !cache_obj_path(c, o->key, o->id, want) ||
+			    strcmp(want, path) != 0) {
 				cache_log(c, CACHE_LOG_INFO, "cache: removing stray %s", path);
 				unlink(path);
 			}

@@ -24,6 +24,7 @@
 #define BUCKETFS_CACHE_INTERNAL_H
 
 #include <errno.h>
+#include <limits.h>
 #include <pthread.h>
 #include <sqlite3.h>
 
@@ -77,34 +78,45 @@ enum cache_blk_state {
 
 struct cache_obj;
 
+/* One block in memory, 56 bytes: a cache of many small objects holds one of
+ * these, and one cache_obj, per object.  Its charge (its length rounded up
+ * to 4 KiB) is derived, not stored: cache_blk_charge().  Its LRU stamp is
+ * not kept either: the LRU list is the order, and the stamps to save wait in
+ * c->touched. */
 struct cache_blk {
 	struct cache_blk *hnext; /* chain in c->blk_tab */
 	struct cache_obj *obj;
-	uint64_t idx;
-	uint64_t seq;              /* LRU stamp: larger = more recent */
-	uint64_t charge;           /* bytes charged against the cap */
-	struct cache_list lru;     /* in c->lru iff present, unpinned, !obj->dead */
-	struct cache_list touched; /* in c->touched iff seq not yet saved */
-	struct cache_list olink;   /* in obj->blocks */
-	int pins;
-	int err; /* BLK_FAILED: the fetch's error */
-	enum cache_blk_state state;
+	union {
+		struct cache_list lru; /* in c->lru iff present, unpinned, !obj->dead */
+		int err;               /* BLK_FAILED (out of every list): the error */
+	};
+	struct cache_list olink; /* in obj->blocks */
+	uint32_t idx;            /* < 2^32: 5 TiB objects in 4 KiB blocks fit */
+	unsigned pins : 30;
+	unsigned state : 2; /* enum cache_blk_state */
 };
 
+/* One object in memory, in one allocation: key and etag are stored inline
+ * (key, NUL, etag, NUL) and the file's path is derived from the key's hash
+ * and the id when needed (cache_obj_path), not kept. */
 struct cache_obj {
 	struct cache_obj *hnext; /* chain in c->obj_tab, unless dead */
-	char *key;
-	char *etag;
+	struct cache_list blocks;
 	uint64_t size;
-	int64_t id; /* row in the index */
-	char *path;
+	int64_t id;           /* row in the index */
+	uint64_t meta_charge; /* extent-tree allowance, only grows */
+	uint32_t nblk;        /* blocks in `blocks` */
 	int fd;
 	int refs;
-	bool dead;            /* dropped: unhashed, no rows, file unlinked */
-	uint64_t nblk;        /* blocks in `blocks` */
-	uint64_t meta_charge; /* extent-tree allowance, only grows */
-	struct cache_list blocks;
+	uint16_t klen; /* strlen(key); S3 keys are at most 1024 bytes */
+	bool dead;     /* dropped: unhashed, no rows, file unlinked */
+	char key[];    /* key, then etag: cache_obj_etag() */
 };
+
+static inline const char *cache_obj_etag(const struct cache_obj *o)
+{
+	return o->key + o->klen + 1;
+}
 
 struct cache_reader {
 	cache *c;
@@ -121,6 +133,18 @@ struct cache_reader {
 	unsigned queued, inflight; /* prefetch tasks */
 	bool closing;
 };
+
+/* An LRU stamp to save: (object row, block, stamp).  A block touched twice
+ * has two entries, saved in order; an entry whose row is gone updates
+ * nothing. */
+struct cache_touch {
+	int64_t obj;
+	uint64_t idx;
+	uint64_t seq;
+};
+
+/* How many LRU stamps may wait in memory before they are saved. */
+#define CACHE_TOUCHED_MAX 4096
 
 struct cache_task {
 	struct cache_list link; /* in c->queue */
@@ -156,8 +180,8 @@ struct cache {
 	struct cache_blk **blk_tab;
 	size_t blk_nb, blk_n;
 
-	struct cache_list lru; /* front: most recent */
-	struct cache_list touched;
+	struct cache_list lru;       /* front: most recent */
+	struct cache_touch *touched; /* LRU stamps not yet saved, in order */
 	size_t ntouched;
 	uint64_t seq;
 
@@ -183,6 +207,12 @@ uint64_t cache_blk_len(const struct cache_obj *o, uint64_t bs, uint64_t idx);
 uint64_t cache_nblocks(uint64_t size, uint64_t bs);
 uint64_t cache_meta_for(uint64_t nblk);
 void cache_key_hash(const char *key, char hex[65]);
+/* The path of object `id` of `key`'s file into path[PATH_MAX]; false (with
+ * ENAMETOOLONG) if it does not fit. */
+bool cache_obj_path(cache *c, const char *key, int64_t id, char *path);
+/* Creates the fan-out directory of such a path; 0 or -errno. */
+int cache_obj_mkdir(char *path);
+uint64_t cache_blk_charge(cache *c, const struct cache_blk *b);
 struct cache_obj *cache_obj_lookup(cache *c, const char *key);
 struct cache_obj *cache_obj_new(cache *c, const char *key, const char *etag, uint64_t size,
                                 int64_t id, bool create_file);
@@ -200,7 +230,7 @@ ssize_t cache_read_common(cache *c, cache_reader *r, const char *key, const char
                           uint64_t size, uint64_t off, size_t len, void *buf);
 struct cache_blk *cache_blk_lookup(cache *c, const struct cache_obj *o, uint64_t idx);
 struct cache_blk *cache_blk_add(cache *c, struct cache_obj *o, uint64_t idx,
-                                enum cache_blk_state state, uint64_t charge);
+                                enum cache_blk_state state);
 void cache_blk_discard(cache *c, struct cache_blk *b);
 void cache_blk_touch(cache *c, struct cache_blk *b);
 void cache_blk_unpin(cache *c, struct cache_blk *b);

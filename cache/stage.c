@@ -300,9 +300,7 @@ static int cache_stage_adopt(cache *c, struct cache_obj *o, const char *key)
 		return rc;
 	}
 	for (idx = 0; idx < nb; idx++) {
-		uint64_t len = cache_blk_len(o, c->bs, idx);
-		uint64_t charge = (len + CACHE_FS_BLOCK - 1) / CACHE_FS_BLOCK * CACHE_FS_BLOCK;
-		struct cache_blk *b = cache_blk_add(c, o, idx, BLK_PRESENT, charge);
+		struct cache_blk *b = cache_blk_add(c, o, idx, BLK_PRESENT);
 
 		if (!b) {
 			/* Recorded already: correct data, only not charged
@@ -310,8 +308,8 @@ static int cache_stage_adopt(cache *c, struct cache_obj *o, const char *key)
 			cache_log(c, CACHE_LOG_ERR, "cache: out of memory adopting %s", key);
 			break;
 		}
-		c->cur_bytes += charge;
-		b->seq = ++c->seq;
+		c->cur_bytes += cache_blk_charge(c, b);
+		++c->seq; /* the stamp recorded above */
 		cache_list_add(&c->lru, &b->lru);
 	}
 	o->meta_charge = cache_meta_for(o->nblk);
@@ -323,6 +321,7 @@ int cache_stage_commit(cache *c, const char *key, const char *etag, uint64_t siz
 {
 	struct cache_stage *e;
 	struct cache_obj *o;
+	char path[PATH_MAX];
 	int fd, rc;
 
 	pthread_mutex_lock(&c->lock);
@@ -356,29 +355,28 @@ int cache_stage_commit(cache *c, const char *key, const char *etag, uint64_t siz
 		rc = cache_obj_create(c, key, etag, size, false, &o);
 	if (rc)
 		goto out;
-	{
-		/* The fan-out directory may not exist yet. */
-		char *slash = strrchr(o->path, '/');
-
-		*slash = '\0';
-		if (mkdir(o->path, 0700) < 0 && errno != EEXIST)
-			cache_log(c, CACHE_LOG_WARNING, "cache: mkdir %s: %s", o->path,
-			          strerror(errno));
-		*slash = '/';
+	if (!cache_obj_path(c, key, o->id, path)) {
+		rc = -errno;
+		cache_obj_free(c, o);
+		goto out;
 	}
-	if (rename(e->path, o->path) < 0) {
+	/* The fan-out directory may not exist yet. */
+	rc = cache_obj_mkdir(path);
+	if (rc)
+		cache_log(c, CACHE_LOG_WARNING, "cache: mkdir for %s: %s", path, strerror(-rc));
+	if (rename(e->path, path) < 0) {
 		rc = -errno;
 		cache_obj_free(c, o);
 		goto out;
 	}
 	o->refs = 1;
-	o->fd = open(o->path, O_RDWR | O_CLOEXEC);
+	o->fd = open(path, O_RDWR | O_CLOEXEC);
 	rc = o->fd < 0 ? -errno : cache_stage_adopt(c, o, key);
 	if (cache_nospace(rc) && cache_make_room_locked(c, 0) == 0)
 		rc = cache_stage_adopt(c, o, key);
 	if (rc) {
 		/* Back to staging, so nothing the writer wrote is lost. */
-		if (rename(o->path, e->path) < 0)
+		if (rename(path, e->path) < 0)
 			cache_log(c, CACHE_LOG_ERR, "cache: staged %s lost: %s", key,
 			          strerror(errno));
 		o->refs = 0;
