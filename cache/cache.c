@@ -259,8 +259,9 @@ static void cache_obj_unlink(cache *c, const struct cache_obj *o)
 		unlink(path);
 }
 
-/* Opens o's file; -errno on failure. */
-static int cache_obj_open(cache *c, const struct cache_obj *o)
+/* Opens o's file; -errno on failure, logged unless `quiet` (the file of a
+ * dropped object is gone already). */
+static int cache_obj_open(cache *c, const struct cache_obj *o, bool quiet)
 {
 	char path[PATH_MAX];
 	int fd;
@@ -271,7 +272,8 @@ static int cache_obj_open(cache *c, const struct cache_obj *o)
 	if (fd < 0) {
 		int err = errno;
 
-		cache_log(c, CACHE_LOG_ERR, "cache: open %s: %s", path, strerror(err));
+		if (!quiet)
+			cache_log(c, CACHE_LOG_ERR, "cache: open %s: %s", path, strerror(err));
 		return -err;
 	}
 	return fd;
@@ -281,7 +283,7 @@ static int cache_obj_open(cache *c, const struct cache_obj *o)
 static int cache_obj_ref(cache *c, struct cache_obj *o)
 {
 	if (o->refs == 0 && o->fd < 0) {
-		int fd = cache_obj_open(c, o);
+		int fd = cache_obj_open(c, o, false);
 
 		if (fd < 0)
 			return fd;
@@ -526,7 +528,7 @@ static void cache_blk_release(cache *c, struct cache_blk *b)
 	int fd = o->fd;
 
 	if (fd < 0)
-		fd = cache_obj_open(c, o);
+		fd = cache_obj_open(c, o, true);
 	if (fd >= 0) {
 		/* On failure the charge is still released: the cap may then be
 		 * exceeded on disk until the object goes, which is logged. */
