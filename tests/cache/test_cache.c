@@ -1446,8 +1446,8 @@ static size_t heap_in_use(void)
  * that GETs 100,000 small files caches every one).  CACHE_MEM_OBJECTS sets
  * how many (default 20,000, to keep CI cheap; 100000 for the real figure).
  * At 20,000 the second half still pays for SQLite's page cache filling up
- * and both hash tables doubling: 319 B per object measured (before the
- * compact records: ~540); at 100,000, 229 B (before: 473 overall). */
+ * and both hash tables doubling: 306 B per object measured (before the
+ * compact records: 543); at 100,000, 218 B (before: 453). */
 #define CACHE_MEM_BOUND 360
 
 static void test_memory_per_cached_small_object(void)
