@@ -177,6 +177,14 @@ void fs_log_reopen(void);
  * after it.  Returns 0 or -errno. */
 int fs_log_handle_sighup(void);
 
+/* The mount's kernel read-ahead (fs/readahead.c): fs_readahead_arm() once
+ * mounted, with the mount point; fs_readahead_apply() in every getattr (the
+ * first one after INIT raises it to 1 MiB, as root; later ones return at
+ * once); fs_readahead_disarm() at exit. */
+void fs_readahead_arm(const char *mountpoint);
+void fs_readahead_apply(void);
+void fs_readahead_disarm(void);
+
 /*
  * Logs one message at `level` (FS_LOG_*) if the level is enabled.  To a file
  * or stderr: "2026-11-24 09:26:47.123 warn: message", one line (embedded

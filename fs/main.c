@@ -21,7 +21,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <sys/sysmacros.h>
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <sys/xattr.h>
@@ -222,47 +221,6 @@ static int mkdir_p(const char *path, mode_t mode)
 	return r;
 }
 
-/* The kernel reads ahead of a FUSE file at most 128 KiB at a time (the
- * default of the mount's bdi, which FUSE_INIT can only lower), so a
- * sequential reader costs one request per 128 KiB.  Raise the mount's
- * read-ahead to 1 MiB, the largest read libfuse 3.14 negotiates (max_pages
- * from max_write): 8 times fewer requests.  Only root may write it; anyone
- * else keeps the default.  A thread of its own: stat() of the mount point
- * needs the FUSE loop to answer. */
-#define FS_READAHEAD_KB 1024
-
-static void *raise_readahead(void *arg)
-{
-	char *mp = arg, path[96];
-	struct stat st;
-	unsigned kb = 0;
-	FILE *f;
-
-	if (stat(mp, &st) < 0)
-		goto out;
-	snprintf(path, sizeof(path), "/sys/class/bdi/%u:%u/read_ahead_kb", major(st.st_dev),
-	         minor(st.st_dev));
-	f = fopen(path, "r+");
-	if (!f) {
-		fs_log(FS_LOG_DEBUG, "kernel read-ahead stays at its default (%s: %s)", path,
-		       strerror(errno));
-		goto out;
-	}
-	if (fscanf(f, "%u", &kb) == 1 && kb < FS_READAHEAD_KB) {
-		rewind(f);
-		if (fprintf(f, "%u\n", FS_READAHEAD_KB) < 0 || fflush(f) != 0)
-			fs_log(FS_LOG_DEBUG, "kernel read-ahead stays at %u KiB (%s: %s)", kb, path,
-			       strerror(errno));
-		else
-			fs_log(FS_LOG_DEBUG, "kernel read-ahead raised from %u to %u KiB", kb,
-			       FS_READAHEAD_KB);
-	}
-	fclose(f);
-out:
-	free(mp);
-	return NULL;
-}
-
 static void log_stats(struct fs_ctx *ctx, const char *when)
 {
 	char *text = fs_stats_text(ctx);
@@ -404,15 +362,7 @@ int main(int argc, char **argv)
 	       inst);
 	detach();
 
-	{
-		pthread_t th;
-		char *mp = strdup(cfg.mountpoint);
-
-		if (mp && pthread_create(&th, NULL, raise_readahead, mp) == 0)
-			pthread_detach(th);
-		else
-			free(mp);
-	}
+	fs_readahead_arm(cfg.mountpoint);
 	r = cfg.single_thread ? fuse_loop(fuse) : fuse_loop_mt(fuse, cfg.clone_fd);
 	if (r != 0)
 		fs_log(FS_LOG_ERR, "the FUSE loop ended with error %d", r);
@@ -426,6 +376,7 @@ out:
 	if (fuse)
 		fuse_destroy(fuse);
 	fs_wb_stop(&ctx); /* if FUSE never called destroy */
+	fs_readahead_disarm();
 	if (ctx.cache)
 		cache_close(ctx.cache);
 	if (ctx.meta)

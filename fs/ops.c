@@ -448,6 +448,7 @@ static int fs_getattr(const char *path, struct stat *st, struct fuse_file_info *
 	meta_entry e;
 	int r;
 
+	fs_readahead_apply();
 	/* With a handle, answer from the open file: it may be unlinked, and
 	 * its size is the writer's, not yet the index's. */
 	if (fi)

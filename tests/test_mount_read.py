@@ -235,6 +235,10 @@ def test_cold_sequential_read_fetches_in_few_requests(s3server, bucket, tmp_path
     with Mount(s3server, bucket, tmp_path) as m:
         path = os.path.join(m.mp, 'big')
         assert os.stat(path).st_size == len(data)
+        # the daemon (root) raised the mount's kernel read-ahead to 1 MiB
+        dev = os.stat(m.mp).st_dev
+        with open('/sys/class/bdi/%d:%d/read_ahead_kb' % (os.major(dev), os.minor(dev))) as f:
+            assert int(f.read()) == 1024
         before = m.stats()
         h = hashlib.sha256()
         with open(path, 'rb') as f:
