@@ -23,9 +23,10 @@ set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT" || exit 1
 PY=/usr/bin/python3
+export ROOT PY  # for the steps, which run in a child bash (step)
 
 RUN_TMP=$(mktemp -d /tmp/bucketfs-test.XXXXXX)
-export TMPDIR=$RUN_TMP
+export TMPDIR=$RUN_TMP RUN_TMP
 
 cleanup() {
   # FUSE mounts the tests left behind under the run's temporary directory.
@@ -52,18 +53,35 @@ trap 'exit 130' INT TERM
 
 declare -a SUMMARY
 FAILED=0
-step() {  # step NAME CMD...: runs CMD, records its result and time
-  local name=$1 t0 rc
-  shift
+# Every step has a time limit, and the whole run a deadline (CI gives 90
+# minutes; a normal run takes about 20): a step that hangs is killed with its
+# whole process group (timeout(1)), reported as FAIL, and the run goes on to
+# its summary instead of being cut off without one.
+T_START=$(date +%s)
+DEADLINE=$(( T_START + ${BUCKETFS_CI_BUDGET:-4800} ))
+step() {  # step NAME LIMIT_S CMD...: runs CMD within LIMIT_S, records its result and time
+  local name=$1 limit=$2 t0 rc left
+  shift 2
+  t0=$(date +%s)
+  left=$(( DEADLINE - t0 ))
+  [ "$left" -lt "$limit" ] && limit=$left
   echo
   echo "=================================================================="
-  echo "== $name"
+  echo "== $name  ($(date -u +%H:%M:%S), limit ${limit}s)"
   echo "=================================================================="
-  t0=$(date +%s)
-  "$@"
+  if [ "$limit" -le 0 ]; then
+    SUMMARY+=("$(printf 'FAIL  %-34s        (no time left before the deadline)' "$name")")
+    FAILED=1
+    return 1
+  fi
+  timeout -k 30 "$limit" bash -c '"$@"' step "$@"
   rc=$?
   if [ $rc = 0 ]; then
     SUMMARY+=("$(printf 'PASS  %-34s %4ds' "$name" $(( $(date +%s) - t0 )))")
+  elif [ $rc = 124 ] || [ $rc = 137 ]; then
+    echo "[test] $name: killed after its limit of ${limit}s"
+    SUMMARY+=("$(printf 'FAIL  %-34s %4ds  (timed out: limit %ds)' "$name" $(( $(date +%s) - t0 )) "$limit")")
+    FAILED=1
   else
     SUMMARY+=("$(printf 'FAIL  %-34s %4ds  (exit %d)' "$name" $(( $(date +%s) - t0 )) $rc)")
     FAILED=1
@@ -78,17 +96,19 @@ setup_build() {  # DIR [meson options...]: a fresh configuration
   rm -rf "$dir"
   meson setup "$dir" "$@"
 }
+export -f setup_build
 
 unit_tests() {  # DIR
   meson test -C "$1" --suite unit --print-errorlogs
 }
+export -f unit_tests
 
 # ----------------------------------------------------------------- 1. deps
 deps_ok=1
 if [ "${BUCKETFS_SKIP_DEPS:-0}" = 1 ]; then
   skip "deps (tools/deps.sh)" "BUCKETFS_SKIP_DEPS=1"
 else
-  step "deps (tools/deps.sh)" bash tools/deps.sh || deps_ok=0
+  step "deps (tools/deps.sh)" 1500 bash tools/deps.sh || deps_ok=0
 fi
 
 # ----------------------------------------------------------------- 1b. format
@@ -96,8 +116,9 @@ fi
 check_format() {
   git ls-files '*.c' '*.h' | xargs clang-format --dry-run -Werror
 }
+export -f check_format
 if command -v clang-format >/dev/null && git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
-  step "clang-format --dry-run" check_format
+  step "clang-format --dry-run" 120 check_format
 else
   skip "clang-format --dry-run" "no clang-format or not a git checkout"
 fi
@@ -105,10 +126,10 @@ fi
 # ----------------------------------------------------------------- 2. build-ci
 ci_ok=0
 if [ $deps_ok = 1 ]; then
-  if step "build-ci: meson setup" setup_build build-ci -Dwerror=true &&
-     step "build-ci: ninja" ninja -C build-ci; then
+  if step "build-ci: meson setup" 180 setup_build build-ci -Dwerror=true &&
+     step "build-ci: ninja" 600 ninja -C build-ci; then
     ci_ok=1
-    step "build-ci: unit tests" unit_tests build-ci || ci_ok=0
+    step "build-ci: unit tests" 600 unit_tests build-ci || ci_ok=0
   fi
 else
   skip "build-ci" "deps failed"
@@ -119,10 +140,10 @@ asan_ok=0
 if [ $deps_ok = 1 ]; then
   export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1:strict_string_checks=1}
   export UBSAN_OPTIONS=${UBSAN_OPTIONS:-halt_on_error=1:print_stacktrace=1}
-  if step "build-asan: meson setup" setup_build build-asan -Dwerror=true \
+  if step "build-asan: meson setup" 180 setup_build build-asan -Dwerror=true \
         -Db_sanitize=address,undefined -Db_lundef=false &&
-     step "build-asan: ninja" ninja -C build-asan; then
-    step "build-asan: unit tests" unit_tests build-asan && asan_ok=1
+     step "build-asan: ninja" 600 ninja -C build-asan; then
+    step "build-asan: unit tests" 600 unit_tests build-asan && asan_ok=1
   fi
 else
   skip "build-asan" "deps failed"
@@ -130,7 +151,7 @@ fi
 
 # ----------------------------------------------------------------- 3b. fuzz
 if [ $deps_ok = 1 ]; then
-  step "fuzz: tools/fuzz.sh (20 s/target)" bash tools/fuzz.sh 20
+  step "fuzz: tools/fuzz.sh (20 s/target)" 600 bash tools/fuzz.sh 20
 else
   skip "fuzz" "deps failed"
 fi
@@ -149,7 +170,7 @@ if [ $ci_ok = 1 ]; then
     pytest_name="pytest tests/ (build-ci: no asan)"
   fi
   # shellcheck disable=SC2086
-  step "$pytest_name" $PY -m pytest -x -v -p no:cacheprovider --durations=40 \
+  step "$pytest_name" 2100 $PY -m pytest -x -v -p no:cacheprovider --durations=40 \
     --basetemp="$RUN_TMP/pytest" tests/ ${BUCKETFS_PYTEST_ARGS:-}
 else
   skip "pytest tests/" "build-ci failed"
@@ -160,7 +181,7 @@ fi
 # unmount; s3rver) with the plain daemon under valgrind memcheck: no error
 # and no definite or indirect leak at unmount (tests/mount.py, BUCKETFS_VALGRIND).
 if [ $ci_ok = 1 ]; then
-  step "valgrind memcheck: test_memcheck.py" env BUCKETFS_BUILD="$ROOT/build-ci" \
+  step "valgrind memcheck: test_memcheck.py" 900 env BUCKETFS_BUILD="$ROOT/build-ci" \
     BUCKETFS_VALGRIND=1 BUCKETFS_S3SERVERS=s3rver $PY -m pytest -x -v -p no:cacheprovider \
     --basetemp="$RUN_TMP/pytest-valgrind" tests/test_memcheck.py
 else
@@ -172,10 +193,10 @@ fi
 # (tests/test_stress.py: threads reading and writing the same and different
 # files, readdir in parallel); any ThreadSanitizer report fails it.
 if [ $deps_ok = 1 ]; then
-  if step "build-tsan: meson setup" setup_build build-tsan -Dwerror=true \
+  if step "build-tsan: meson setup" 180 setup_build build-tsan -Dwerror=true \
         -Db_sanitize=thread -Db_lundef=false &&
-     step "build-tsan: ninja" ninja -C build-tsan fs/bucketfs; then
-    step "tsan: test_stress.py" env BUCKETFS_BUILD="$ROOT/build-tsan" \
+     step "build-tsan: ninja" 600 ninja -C build-tsan fs/bucketfs; then
+    step "tsan: test_stress.py" 600 env BUCKETFS_BUILD="$ROOT/build-tsan" \
       BUCKETFS_S3SERVERS=s3rver BUCKETFS_STRESS_SECONDS=25 $PY -m pytest -x -v \
       -p no:cacheprovider --basetemp="$RUN_TMP/pytest-tsan" tests/test_stress.py
   fi
@@ -190,8 +211,9 @@ bench_quick() {
   BUCKETFS_BUILD=$ROOT/build-ci sh tests/bench/run.sh --quick --out "$RUN_TMP/bench-quick.md" &&
     cat "$RUN_TMP/bench-quick.md"
 }
+export -f bench_quick
 if [ $ci_ok = 1 ]; then
-  step "bench: tests/bench/run.sh --quick" bench_quick
+  step "bench: tests/bench/run.sh --quick" 600 bench_quick
 else
   skip "bench --quick" "build-ci failed"
 fi
