@@ -676,10 +676,14 @@ static void test_a_run_serves_its_blocks_as_they_arrive(void)
 	 * blocks were served while the rest was still coming. */
 	CHECK(atomic_load(&fk.probes) > 0);
 	CHECK(atomic_load(&fk.probe_hits) == atomic_load(&fk.probes));
-	/* 64 blocks in: block 0, then runs of 4, 8, 16, 16, 16 and the rest. */
+	/* 64 blocks in: block 0, then runs of 4, 8, 16, 16, 16 and the rest;
+	 * each byte fetched once.  When the prefetch thread is scheduled late
+	 * (ASan on a loaded machine: CI saw 10 fetches) the reader overtakes it
+	 * and fetches a block or two itself, so the bound allows a few more. */
 	CHECK(atomic_load(&fk.bytes) == size);
-	CHECK(atomic_load(&fk.calls) <= 8);
-	CHECK(st.miss_bytes == size && st.prefetch_count == 63);
+	CHECK(atomic_load(&fk.calls) <= 12);
+	CHECK(st.miss_bytes == size);
+	CHECK(st.prefetch_count >= 56 && st.prefetch_count <= 63);
 	fprintf(stderr, "  sequential 64 MiB: %d fetches, %d probed\n", atomic_load(&fk.calls),
 	        atomic_load(&fk.probes));
 	free(buf);
