@@ -78,6 +78,9 @@ struct meta_seen {
 	bool full; /* stopped remembering; said so once */
 };
 
+/* Directories whose listing time meta_dir_listed_at() keeps in memory. */
+#define META_LISTED_SLOTS 512
+
 struct meta {
 	char *prefix;
 	meta_log_fn log;
@@ -105,7 +108,21 @@ struct meta {
 
 	pthread_mutex_t seen_lock;
 	struct meta_seen seen;
+
+	/* meta_dir_listed_at()'s answers, valid while commit_gen is what it
+	 * was when they were read.  commit_gen: bumped once each commit of the
+	 * writer is visible to readers (its WAL hook, meta.c). */
+	uint64_t commit_gen;
+	pthread_mutex_t listed_lock;
+	struct meta_listed_slot {
+		char *path;
+		int64_t best;
+		uint64_t gen;
+	} listed[META_LISTED_SLOTS];
 };
+
+/* FNV-1a of a string (key.c). */
+uint64_t meta_hash(const char *s);
 
 void meta_log(meta *m, int level, const char *fmt, ...) META_PRINTF(3, 4);
 /* Logs `what` once per distinct `what` for the lifetime of the handle. */

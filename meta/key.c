@@ -92,7 +92,7 @@ char *meta_path_to_key(const char *prefix, const char *path, bool dir_marker)
 
 /* ---------------------------------------------------------------- log once */
 
-static uint64_t meta_hash(const char *s)
+uint64_t meta_hash(const char *s)
 {
 	uint64_t h = 1469598103934665603ULL; /* FNV-1a */
 

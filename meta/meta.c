@@ -595,6 +595,24 @@ static bool meta_prefix_valid(const char *prefix)
 	return n == 0 || (prefix[n - 1] == '/' && prefix[0] != '/');
 }
 
+/* SQLite's default autocheckpoint threshold (WAL frames), which a WAL hook
+ * replaces: meta_wal_hook() does its work. */
+#define META_AUTOCHECKPOINT 1000
+
+/* Runs after each commit of the writer connection, once the commit is
+ * visible to readers and the write lock is released: bumps commit_gen
+ * (meta_dir_listed_at()'s answers read before are stale) and checkpoints as
+ * the default autocheckpoint would. */
+static int meta_wal_hook(void *arg, sqlite3 *db, const char *name, int frames)
+{
+	meta *m = arg;
+
+	__atomic_add_fetch(&m->commit_gen, 1, __ATOMIC_ACQ_REL);
+	if (frames >= META_AUTOCHECKPOINT)
+		(void)sqlite3_wal_checkpoint_v2(db, name, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+	return SQLITE_OK;
+}
+
 int meta_open(const char *path, const char *bucket_prefix, const meta_options *opts, meta **out)
 {
 	meta_options o = {0};
@@ -633,6 +651,7 @@ int meta_open(const char *path, const char *bucket_prefix, const meta_options *o
 	pthread_mutex_init(&m->rlock, NULL);
 	pthread_cond_init(&m->rcond, NULL);
 	pthread_mutex_init(&m->seen_lock, NULL);
+	pthread_mutex_init(&m->listed_lock, NULL);
 	m->prefix = strdup(bucket_prefix);
 	m->readers = calloc(o.n_readers, sizeof(*m->readers));
 	m->free_readers = calloc(o.n_readers, sizeof(*m->free_readers));
@@ -648,6 +667,8 @@ int meta_open(const char *path, const char *bucket_prefix, const meta_options *o
 	 * listing, a checkpoint shrinks the WAL file back to 16 MiB. */
 	err = meta_exec(m, &m->writer,
 	                "PRAGMA journal_mode = WAL; PRAGMA journal_size_limit = 16777216;");
+	if (!err)
+		sqlite3_wal_hook(m->writer.db, meta_wal_hook, m);
 	if (!err)
 		err = meta_schema(m, bucket_prefix);
 	/* Tombstones only matter to listings of this handle: a TEMP table of
@@ -689,6 +710,9 @@ void meta_close(meta *m)
 	pthread_mutex_destroy(&m->rlock);
 	pthread_cond_destroy(&m->rcond);
 	pthread_mutex_destroy(&m->seen_lock);
+	for (size_t i = 0; i < META_LISTED_SLOTS; i++)
+		free(m->listed[i].path);
+	pthread_mutex_destroy(&m->listed_lock);
 	free(m);
 }
 
@@ -847,8 +871,10 @@ int64_t meta_count_entries(meta *m)
 
 int meta_dir_listed_at(meta *m, const char *dir, int64_t *listed_at_ns)
 {
+	struct meta_listed_slot *slot;
 	struct meta_conn *c;
 	sqlite3_stmt *st;
+	uint64_t gen;
 	size_t len;
 	int64_t best = 0;
 	int err = 0;
@@ -856,6 +882,18 @@ int meta_dir_listed_at(meta *m, const char *dir, int64_t *listed_at_ns)
 	*listed_at_ns = 0;
 	if (!meta_path_valid(dir))
 		return -EINVAL;
+	/* Every lookup asks this of its parent: answer from memory while no
+	 * commit happened since it was read (gen, read before the queries, so
+	 * a commit during them leaves the answer stale, not wrong). */
+	gen = __atomic_load_n(&m->commit_gen, __ATOMIC_ACQUIRE);
+	slot = &m->listed[meta_hash(dir) % META_LISTED_SLOTS];
+	pthread_mutex_lock(&m->listed_lock);
+	if (slot->path && slot->gen == gen && strcmp(slot->path, dir) == 0) {
+		*listed_at_ns = slot->best;
+		pthread_mutex_unlock(&m->listed_lock);
+		return 0;
+	}
+	pthread_mutex_unlock(&m->listed_lock);
 	c = meta_reader_get(m);
 	st = meta_stmt(m, c, MS_DIR_LISTED);
 	if (!st) {
@@ -888,5 +926,15 @@ int meta_dir_listed_at(meta *m, const char *dir, int64_t *listed_at_ns)
 	}
 	meta_reader_put(m, c);
 	*listed_at_ns = best;
+	if (!err) {
+		pthread_mutex_lock(&m->listed_lock);
+		if (!slot->path || strcmp(slot->path, dir) != 0) {
+			free(slot->path);
+			slot->path = strdup(dir);
+		}
+		slot->best = best;
+		slot->gen = gen;
+		pthread_mutex_unlock(&m->listed_lock);
+	}
 	return err;
 }
