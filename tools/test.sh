@@ -53,6 +53,7 @@ trap 'exit 130' INT TERM
 
 declare -a SUMMARY
 FAILED=0
+STEP_N=0
 # Every step has a time limit, and the whole run a deadline (CI gives 90
 # minutes; a normal run takes about 20): a step that hangs is killed with its
 # whole process group (timeout(1)), reported as FAIL, and the run goes on to
@@ -60,7 +61,7 @@ FAILED=0
 T_START=$(date +%s)
 DEADLINE=$(( T_START + ${BUCKETFS_CI_BUDGET:-4800} ))
 step() {  # step NAME LIMIT_S CMD...: runs CMD within LIMIT_S, records its result and time
-  local name=$1 limit=$2 t0 rc left
+  local name=$1 limit=$2 t0 rc left log
   shift 2
   t0=$(date +%s)
   left=$(( DEADLINE - t0 ))
@@ -74,8 +75,10 @@ step() {  # step NAME LIMIT_S CMD...: runs CMD within LIMIT_S, records its resul
     FAILED=1
     return 1
   fi
-  timeout -k 30 "$limit" bash -c '"$@"' step "$@"
-  rc=$?
+  STEP_N=$(( STEP_N + 1 ))
+  log="$RUN_TMP/step-$STEP_N.log"
+  timeout -k 30 "$limit" bash -c '"$@"' step "$@" 2>&1 | tee "$log"
+  rc=${PIPESTATUS[0]}
   if [ $rc = 0 ]; then
     SUMMARY+=("$(printf 'PASS  %-34s %4ds' "$name" $(( $(date +%s) - t0 )))")
   elif [ $rc = 124 ] || [ $rc = 137 ]; then
@@ -86,7 +89,22 @@ step() {  # step NAME LIMIT_S CMD...: runs CMD within LIMIT_S, records its resul
     SUMMARY+=("$(printf 'FAIL  %-34s %4ds  (exit %d)' "$name" $(( $(date +%s) - t0 )) $rc)")
     FAILED=1
   fi
+  [ $rc = 0 ] || why_failed "$log"
   return $rc
+}
+# The lines of a failed step's output that say what failed (pytest's FAILED
+# and ERROR lines, a sanitizer's SUMMARY, else the step's last lines), under
+# its line of the summary: CI shows the end of the output, and the summary is
+# the end.
+why_failed() {  # LOG
+  local lines
+  lines=$( (grep -E '^(FAILED|ERROR) |^SUMMARY: ' "$1" | head -n 6
+             grep -E '^E +[^ ]' "$1" | head -n 4) )
+  [ -n "$lines" ] || lines=$(grep -v '^[[:space:]]*$' "$1" | tail -n 3)
+  [ -n "$lines" ] || return 0
+  while IFS= read -r l; do
+    SUMMARY+=("      ${l:0:200}")
+  done <<<"$lines"
 }
 skip() { SUMMARY+=("$(printf 'SKIP  %-34s        (%s)' "$1" "$2")"); }
 
