@@ -1168,7 +1168,17 @@ int fs_fetch(void *arg, const char *key, const char *etag, uint64_t off, uint64_
 
 static void *fs_init(struct fuse_conn_info *conn, struct fuse_config *cfg)
 {
-	(void)conn;
+	/* The kernel's cached pages of a file are dropped at an open that does
+	 * not keep them (auto_cache below: size or mtime changed since the
+	 * last open; see wb_keep_cache in write.c), not at every attribute
+	 * refresh that shows a new mtime (auto_inval_data, libfuse's default):
+	 * that drop races with a write in flight on another handle of the
+	 * file - the kernel has copied the write into its page, the daemon
+	 * does not have it yet, a read fetches the page again with the old
+	 * bytes and the writer reads back what it did not write.  A handle
+	 * reads one version of a file (its ETag), so attribute changes seen
+	 * while it is open need not drop anything. */
+	conn->want &= ~FUSE_CAP_AUTO_INVAL_DATA;
 	cfg->use_ino = 0;
 	/* An open file that is unlinked is renamed by libfuse to .fuse_hidden*
 	 * (hard_remove would make fstat and ftruncate on it fail); fs_rename

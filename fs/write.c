@@ -90,6 +90,9 @@ struct fs_file {
 	size_t nchunks;
 	uint64_t since_throttle;
 	meta_entry *gone; /* the index entry as it was when unlinked */
+	/* The kernel may cache pages of a version f no longer names
+	 * (wb_refresh_version): the next open must not keep them. */
+	bool kernel_stale;
 };
 
 struct wb_qnode {
@@ -368,6 +371,7 @@ static bool wb_refresh_version(struct fs_ctx *ctx, struct fs_file *f)
 		snprintf(f->etag, sizeof(f->etag), "%s", e.etag);
 		f->size = f->base_size = e.size;
 		f->gen++; /* readers reopen on the new version */
+		f->kernel_stale = true;
 		changed = true;
 	}
 	meta_entry_clear(&e);
@@ -1032,13 +1036,15 @@ static int wb_truncate_locked(struct fs_ctx *ctx, struct fs_file *f, uint64_t si
 	return 0;
 }
 
-/* The file of `path` for an open, made from the index when not open yet. */
-static int wb_open_file(struct fs_ctx *ctx, const char *path, struct fs_file **out)
+/* The file of `path` for an open, made from the index when not open yet
+ * (*existed: it was open, or still owed an upload). */
+static int wb_open_file(struct fs_ctx *ctx, const char *path, struct fs_file **out, bool *existed)
 {
 	struct fs_file *f = wb_get(ctx, path);
 	meta_entry e;
 	int r;
 
+	*existed = f != NULL;
 	if (f) {
 		*out = f;
 		return 0;
@@ -1085,17 +1091,40 @@ static int wb_attach(struct fs_ctx *ctx, struct fs_file *f, struct fuse_file_inf
 	return -EAGAIN;
 }
 
+/*
+ * An open of a file that was already open here (or still owed an upload)
+ * keeps the kernel's cached pages: they hold what was written through this
+ * mount (FUSE writes go through the page cache) of the version f names.
+ * Dropping them would also race with a write in flight on another handle:
+ * the kernel copies a write into its page before the daemon has it, and a
+ * page dropped then and read again in between holds the old bytes until the
+ * next invalidation - a writer would read back what it did not write
+ * (tests/test_stress.py).  Only pages of a version f no longer names go.
+ */
+static void wb_keep_cache(struct fs_file *f, struct fuse_file_info *fi)
+{
+	pthread_mutex_lock(&f->lock);
+	if (f->kernel_stale)
+		f->kernel_stale = false; /* this open drops them */
+	else
+		fi->keep_cache = 1;
+	pthread_mutex_unlock(&f->lock);
+}
+
 /* wb_open_file and wb_attach: a handle of the file of `path` in fi. */
 static int wb_open_handle(struct fs_ctx *ctx, const char *path, struct fuse_file_info *fi,
                           struct fs_file **out)
 {
+	bool existed;
 	int r;
 
 	do {
-		r = wb_open_file(ctx, path, out);
+		r = wb_open_file(ctx, path, out, &existed);
 		if (!r)
 			r = wb_attach(ctx, *out, fi);
 	} while (r == -EAGAIN);
+	if (!r && existed)
+		wb_keep_cache(*out, fi);
 	return r;
 }
 
@@ -1152,6 +1181,8 @@ int fs_create(const char *path, mode_t mode, struct fuse_file_info *fi)
 		/* Raced with another create or still uploading: open that one
 		 * (or, if it was retired meanwhile, what it left). */
 		r = wb_attach(ctx, f, fi);
+		if (!r)
+			wb_keep_cache(f, fi);
 		return r == -EAGAIN ? wb_open_handle(ctx, path, fi, &f) : r;
 	}
 	e.is_dir = false;

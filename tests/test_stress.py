@@ -180,3 +180,74 @@ def test_concurrent_workload(s3rver, tmp_path):
     # after the unmount (every upload done): the bucket holds the same bytes
     for rel, want in final.items():
         assert object_bytes(server, bucket, rel) == want, rel
+
+
+def test_shared_file_read_back(s3rver, tmp_path):
+    """Writers of their own pages of one shared file read back exactly what
+    they wrote while other threads stat and open the file.  Before the fix
+    the kernel dropped its cached pages at each attribute refresh that saw a
+    new mtime and at each open (libfuse's auto_inval_data, auto_cache); a
+    readahead then fetched a page again between the kernel's copy of a
+    write and the daemon's, and the writer read back its old bytes - within
+    a second or two here, on a plain build."""
+    server = s3rver
+    bucket = server.new_bucket()
+    page, npages = 4096, 16
+    stop = threading.Event()
+    failures = []
+    writes = [0] * REGION_WRITERS
+    opens = [0]
+    final = {}
+
+    with Mount(server, bucket, tmp_path) as m:
+        path = os.path.join(m.mp, 'shared.bin')
+        with open(path, 'wb') as f:
+            f.write(b'\0' * (page * npages * REGION_WRITERS))
+
+        def writer(idx):
+            r = random.Random(400 + idx)
+            fd = os.open(path, os.O_RDWR)
+            base = idx * page * npages
+            mine = bytearray(page * npages)
+            try:
+                while not stop.is_set():
+                    off = r.randrange(npages) * page
+                    data = r.randbytes(min(len(mine) - off, r.randrange(1, 4) * page))
+                    assert os.pwrite(fd, data, base + off) == len(data)
+                    mine[off:off + len(data)] = data
+                    got = os.pread(fd, len(mine), base)
+                    if got != mine:
+                        at = next(i for i in range(len(mine)) if got[i] != mine[i])
+                        raise AssertionError('writer %d: byte %d differs after %d writes'
+                                             % (idx, at, writes[idx]))
+                    writes[idx] += 1
+                final[idx] = bytes(mine)
+            except BaseException as e:  # noqa: B902 - reported by the main thread
+                failures.append(repr(e))
+                stop.set()
+            finally:
+                os.close(fd)
+
+        def opener():
+            while not stop.is_set():
+                os.stat(path)
+                with open(path, 'rb') as f:
+                    f.read(100)
+                opens[0] += 1
+
+        threads = ([threading.Thread(target=writer, args=(i,)) for i in range(REGION_WRITERS)] +
+                   [threading.Thread(target=opener)])
+        for t in threads:
+            t.start()
+        stop.wait(SECONDS)
+        stop.set()
+        for t in threads:
+            t.join(timeout=300)
+            assert not t.is_alive(), 'a worker thread hangs'
+        assert not failures, '\n'.join(failures)
+        print('%.0f s: %r writes, %d opens' % (SECONDS, writes, opens[0]))
+        assert all(writes) and opens[0], 'a thread did nothing'
+        want = b''.join(final[i] for i in range(REGION_WRITERS))
+        with open(path, 'rb') as f:
+            assert f.read() == want
+    assert object_bytes(server, bucket, 'shared.bin') == want
