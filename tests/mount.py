@@ -65,6 +65,18 @@ def format_reports(reports, limit=20000):
     return '\n'.join('--- %s\n%s' % (p, t[:limit]) for p, t in reports)
 
 
+def thread_stacks(pid, limit=30000):
+    """The stack of every thread of process PID (gdb), for a daemon that
+    hangs: what a test that gives up on it reports."""
+    try:
+        out = subprocess.run(['gdb', '-p', str(pid), '-batch', '-nx',
+                              '-ex', 'thread apply all bt'],
+                             capture_output=True, text=True, timeout=120).stdout
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return '(no stacks: %r)' % e
+    return out[-limit:]
+
+
 def bucketfs_bin():
     path = os.path.join(BUILD, 'fs', 'bucketfs')
     if not os.path.exists(path):
@@ -142,8 +154,11 @@ class Mount:
         try:
             rc = self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
+            stacks = thread_stacks(self.proc.pid)
             self.proc.kill()
-            raise AssertionError('bucketfs did not exit within %ss of unmount' % timeout)
+            raise AssertionError('bucketfs did not exit within %ss of unmount; its threads:\n%s'
+                                 '\nits log ends:\n%s' % (timeout, stacks,
+                                                          open(self.logs[-1]).read()[-5000:]))
         pid, self.proc = self.proc.pid, None
         log = open(self.logs[-1]).read()
         reports = sanitizer_reports(self.sanitizer_log, pid)

@@ -22,7 +22,7 @@ PKGS=(
   libsqlite3-dev sqlite3
   # test tools and reference clients
   awscli python3 python3-botocore python3-pytest curl ca-certificates
-  rsync s3fs rclone attr psmisc procps iproute2 valgrind
+  rsync s3fs rclone attr psmisc procps iproute2 valgrind gdb
   # OpenStack Swift with the s3api middleware (second test server)
   swift swift-proxy swift-account swift-container swift-object
 )
