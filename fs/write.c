@@ -114,6 +114,10 @@ struct fs_wb {
 	bool healthy;      /* the last upload succeeded */
 	bool no_part_copy; /* the server refused UploadPartCopy: upload every part */
 	pthread_mutex_t rename_lock;
+	/* The files a rename holds, each with a reference: from
+	 * fs_wb_rename_begin to fs_wb_rename_end, under rename_lock. */
+	struct fs_file **renaming;
+	size_t n_renaming;
 	struct fs_handle *handles; /* open handles; under lock */
 };
 
@@ -1638,6 +1642,10 @@ int fs_wb_rename_begin(struct fs_ctx *ctx, const char *from, bool *dirty_out)
 		}
 	}
 	pthread_mutex_unlock(&wb->lock);
+	/* Each may leave the table before it is held (its upload ended, no
+	 * handle: retired); it is held all the same, and fs_wb_rename_end lets
+	 * it go by this list, not by the table - an upload of it queued
+	 * before it was retired would otherwise wait for it forever. */
 	for (size_t i = 0; i < n; i++) {
 		struct fs_file *f = v[i];
 		pthread_mutex_lock(&f->lock);
@@ -1646,9 +1654,9 @@ int fs_wb_rename_begin(struct fs_ctx *ctx, const char *from, bool *dirty_out)
 		if (strcmp(f->path, from) == 0 && wb_dirty(f))
 			*dirty_out = true;
 		pthread_mutex_unlock(&f->lock);
-		wb_put(ctx, f);
 	}
-	free(v);
+	wb->renaming = v;
+	wb->n_renaming = n;
 	return 0;
 }
 
@@ -1692,84 +1700,80 @@ void fs_wb_rename_end(struct fs_ctx *ctx, const char *from, const char *to, bool
 {
 	struct fs_wb *wb = ctx->wb;
 	size_t flen = strlen(from);
+	struct fs_file **v = wb->renaming;
+	size_t n = wb->n_renaming;
 
+	wb->renaming = NULL;
+	wb->n_renaming = 0;
 	pthread_mutex_lock(&wb->lock);
-	for (int b = 0; b < WB_BUCKETS; b++) {
-		for (struct fs_file **pp = &wb->table[b]; *pp;) {
-			struct fs_file *f = *pp;
-			char *np = NULL, *nk = NULL;
+	for (size_t i = 0; i < n; i++) {
+		struct fs_file *f = v[i];
+		char *np = NULL, *nk = NULL;
 
-			pthread_mutex_lock(&f->lock);
-			if (!f->held || !wb_below(f->path, from, flen)) {
-				pthread_mutex_unlock(&f->lock);
-				pp = &f->next;
-				continue;
+		pthread_mutex_lock(&f->lock);
+		/* Retired meanwhile (out of the table): nothing to move. */
+		if (done && f->in_table && wb_below(f->path, from, flen) &&
+		    asprintf(&np, "%s%s", to, f->path + flen) < 0)
+			np = NULL; /* asprintf leaves it undefined */
+		if (np && (nk = fs_key_of(ctx, np, false)) != NULL) {
+			char *ok = f->key;
+			f->key = nk;
+			if (f->unlinked) {
+				/* Hidden (unlinked while open) in a renamed
+				 * directory: its data lives in f->fd only. */
+			} else if (f->fd >= 0 && wb_dirty(f) && wb_move_stage(ctx, f, ok)) {
+				fs_log(FS_LOG_ERR, "%s: cannot move the staged data to %s", f->path,
+				       np);
+			} else if (f->fd >= 0 && !wb_dirty(f)) {
+				/* Clean: the staged copy is just a cache of the old key. */
+				close(f->fd);
+				f->fd = -1;
+				FS_IGNORE(cache_stage_discard(ctx->cache, ok));
 			}
-			if (done && asprintf(&np, "%s%s", to, f->path + flen) >= 0 &&
-			    (nk = fs_key_of(ctx, np, false)) != NULL) {
-				char *ok = f->key;
-				f->key = nk;
-				if (f->unlinked) {
-					/* Hidden (unlinked while open) in a renamed
-					 * directory: its data lives in f->fd only. */
-				} else if (f->fd >= 0 && wb_dirty(f) && wb_move_stage(ctx, f, ok)) {
-					fs_log(FS_LOG_ERR, "%s: cannot move the staged data to %s",
-					       f->path, np);
-				} else if (f->fd >= 0 && !wb_dirty(f)) {
-					/* Clean: the staged copy is just a cache of the old key. */
-					close(f->fd);
-					f->fd = -1;
-					FS_IGNORE(cache_stage_discard(ctx->cache, ok));
-				}
-				free(ok);
-				free(f->path);
-				f->path = np;
-				np = NULL;
-				/* The old object is gone: no server-side part copies from it.
-				 * A clean file's copy has the same contents (its ETag may
-				 * differ; reads ask the index again). */
-				if (wb_dirty(f)) {
-					f->etag[0] = '\0';
-					free(f->clean);
-					f->clean = NULL;
-				} else {
-					meta_entry e;
-					if (meta_lookup(ctx->meta, f->path, &e) == 0) {
-						snprintf(f->etag, sizeof(f->etag), "%s",
-						         e.etag ? e.etag : "");
-						meta_entry_clear(&e);
-					}
-				}
-				f->gen++;
-				if (f->jid) {
-					meta_journal_entry j = {.id = f->jid,
-					                        .path = f->path,
-					                        .staged_file = f->key,
-					                        .size = f->size,
-					                        .state = WB_J_STAGED,
-					                        .created_ns = fs_now_ns()};
-					if (meta_journal_update(ctx->meta, &j))
-						fs_log(FS_LOG_WARNING, "journal: cannot move %s",
-						       f->path);
-				}
-				/* Rehash: unlink here, add to the new bucket below. */
-				*pp = f->next;
-				f->next = NULL;
-				unsigned h = wb_hash(f->path);
-				f->next = wb->table[h];
-				wb->table[h] = f;
-				if ((unsigned)b == h)
-					pp = &f->next; /* landed in front of us: skip it */
+			free(ok);
+			/* Out under the old name, in under the new (our own
+			 * reference keeps f alive in between). */
+			wb_table_remove_locked(wb, f);
+			free(f->path);
+			f->path = np;
+			np = NULL;
+			wb_table_add_locked(wb, f);
+			/* The old object is gone: no server-side part copies from it.
+			 * A clean file's copy has the same contents (its ETag may
+			 * differ; reads ask the index again). */
+			if (wb_dirty(f)) {
+				f->etag[0] = '\0';
+				free(f->clean);
+				f->clean = NULL;
 			} else {
-				pp = &f->next;
+				meta_entry e;
+				if (meta_lookup(ctx->meta, f->path, &e) == 0) {
+					snprintf(f->etag, sizeof(f->etag), "%s",
+					         e.etag ? e.etag : "");
+					meta_entry_clear(&e);
+				}
 			}
-			free(np);
-			f->held = false;
-			pthread_cond_broadcast(&f->cond);
-			pthread_mutex_unlock(&f->lock);
+			f->gen++;
+			if (f->jid) {
+				meta_journal_entry j = {.id = f->jid,
+				                        .path = f->path,
+				                        .staged_file = f->key,
+				                        .size = f->size,
+				                        .state = WB_J_STAGED,
+				                        .created_ns = fs_now_ns()};
+				if (meta_journal_update(ctx->meta, &j))
+					fs_log(FS_LOG_WARNING, "journal: cannot move %s", f->path);
+			}
 		}
+		free(np);
+		f->held = false;
+		pthread_cond_broadcast(&f->cond);
+		pthread_mutex_unlock(&f->lock);
 	}
 	pthread_mutex_unlock(&wb->lock);
+	for (size_t i = 0; i < n; i++)
+		wb_put(ctx, v[i]);
+	free(v);
 	pthread_mutex_unlock(&wb->rename_lock);
 }
 
