@@ -2025,9 +2025,14 @@ int fs_wb_start(struct fs_ctx *ctx)
 }
 
 /* Files whose data S3 does not have yet. */
-static int wb_pending(struct fs_wb *wb, bool retry_now)
+/* Uploads owed (dirty or running); with retry_now, failed ones retry at
+ * once.  *no_room: how many of them failed again for want of local disk
+ * space since they were last told to retry, and wait for nothing. */
+static int wb_pending(struct fs_wb *wb, bool retry_now, int *no_room)
 {
 	int n = 0;
+
+	*no_room = 0;
 
 	pthread_mutex_lock(&wb->lock);
 	for (int b = 0; b < WB_BUCKETS; b++) {
@@ -2037,6 +2042,9 @@ static int wb_pending(struct fs_wb *wb, bool retry_now)
 				n++;
 				if (retry_now)
 					f->retry_at_ns = 0;
+				else if (!f->uploading && !f->queued && f->retry_at_ns &&
+				         (f->err == -ENOSPC || f->err == -EDQUOT))
+					(*no_room)++;
 			}
 			pthread_mutex_unlock(&f->lock);
 		}
@@ -2049,20 +2057,27 @@ void fs_wb_stop(struct fs_ctx *ctx)
 {
 	struct fs_wb *wb = ctx->wb;
 	int64_t deadline;
-	int n;
+	int n, no_room;
 
 	if (!wb)
 		return;
-	n = wb_pending(wb, true);
+	n = wb_pending(wb, true, &no_room);
 	if (n && wb->nworkers) {
 		fs_log(FS_LOG_INFO, "unmount: waiting up to %d s for %d upload(s)",
 		       ctx->unmount_wait_s, n);
 		deadline = fs_now_ns() + (int64_t)ctx->unmount_wait_s * 1000000000;
-		while ((n = wb_pending(wb, false)) > 0 && fs_now_ns() < deadline) {
+		/* Not for uploads that failed again for want of space in the
+		 * cache directory: waiting does not make room. */
+		while ((n = wb_pending(wb, false, &no_room)) > no_room && fs_now_ns() < deadline) {
 			struct timespec ts = {0, 100 * 1000 * 1000};
 			nanosleep(&ts, NULL);
 		}
-		if (n)
+		if (n && n == no_room)
+			fs_log(FS_LOG_WARNING,
+			       "unmount: %d upload(s) failed again for want of space in the cache "
+			       "directory; what was journaled resumes at the next mount",
+			       n);
+		else if (n)
 			fs_log(FS_LOG_WARNING,
 			       "unmount: %d upload(s) not done; they stay journaled and resume at "
 			       "the next mount",
