@@ -31,6 +31,19 @@ WRITERS, READERS, REGION_WRITERS, LISTERS = 3, 3, 3, 2
 REGION = 64 * KiB
 
 
+def run_threads(threads, stop, failures):
+    """Runs THREADS for SECONDS (or until one sets STOP), then checks that
+    each ended and none failed."""
+    for t in threads:
+        t.start()
+    stop.wait(SECONDS)
+    stop.set()
+    for t in threads:
+        t.join(timeout=300)
+        assert not t.is_alive(), 'a worker thread hangs'
+    assert not failures, '\n'.join(failures)
+
+
 def test_concurrent_workload(s3rver, tmp_path):
     server = s3rver
     bucket = server.new_bucket()
@@ -158,14 +171,7 @@ def test_concurrent_workload(s3rver, tmp_path):
                    [threading.Thread(target=region_writer, args=(i,))
                     for i in range(REGION_WRITERS)] +
                    [threading.Thread(target=lister, args=(i,)) for i in range(LISTERS)])
-        for t in threads:
-            t.start()
-        stop.wait(SECONDS)
-        stop.set()
-        for t in threads:
-            t.join(timeout=300)
-            assert not t.is_alive(), 'a worker thread hangs'
-        assert not failures, '\n'.join(failures)
+        run_threads(threads, stop, failures)
         print('%.0f s: %r' % (SECONDS, counts))
         assert all(counts.values()), 'a kind of worker did nothing: %r' % counts
 
@@ -237,14 +243,7 @@ def test_shared_file_read_back(s3rver, tmp_path):
 
         threads = ([threading.Thread(target=writer, args=(i,)) for i in range(REGION_WRITERS)] +
                    [threading.Thread(target=opener)])
-        for t in threads:
-            t.start()
-        stop.wait(SECONDS)
-        stop.set()
-        for t in threads:
-            t.join(timeout=300)
-            assert not t.is_alive(), 'a worker thread hangs'
-        assert not failures, '\n'.join(failures)
+        run_threads(threads, stop, failures)
         print('%.0f s: %r writes, %d opens' % (SECONDS, writes, opens[0]))
         assert all(writes) and opens[0], 'a thread did nothing'
         want = b''.join(final[i] for i in range(REGION_WRITERS))
