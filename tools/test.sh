@@ -98,9 +98,9 @@ step() {  # step NAME LIMIT_S CMD...: runs CMD within LIMIT_S, records its resul
 # the end.
 why_failed() {  # LOG
   local lines
-  lines=$( (grep -E '^(FAILED|ERROR) |^SUMMARY: ' "$1" | head -n 6
-             grep -E '^E +[^ ]' "$1" | head -n 4) )
-  [ -n "$lines" ] || lines=$(grep -v '^[[:space:]]*$' "$1" | tail -n 3)
+  lines=$( (grep -aE '^(FAILED|ERROR) |^SUMMARY: ' "$1" | head -n 6
+             grep -aE '^E +[^ ]' "$1" | head -n 4) )
+  [ -n "$lines" ] || lines=$(grep -av '^[[:space:]]*$' "$1" | tail -n 3)
   [ -n "$lines" ] || return 0
   while IFS= read -r l; do
     SUMMARY+=("      ${l:0:200}")
