@@ -340,8 +340,31 @@ void fs_wb_overlay(struct fs_ctx *ctx, const char *path, meta_entry *e)
 	if (!ctx->wb)
 		return;
 	f = wb_get(ctx, path);
-	if (!f)
+	if (!f) {
+		/* e was read while a change here was pending (local) and its
+		 * file has left the table since: uploaded and retired, and the
+		 * index has its size and times now, which e, read before, may
+		 * not (the index takes the size at the first change only).
+		 * Answering with e would tell the kernel a stale size - 0 for
+		 * a file just created - and a reader would see it truncated. */
+		meta_entry n;
+		if (e->local && meta_lookup(ctx->meta, path, &n) == 0) {
+			if (!n.is_dir) {
+				e->size = n.size;
+				e->last_modified_ns = n.last_modified_ns;
+				e->mtime_ns = n.mtime_ns;
+				e->ctime_ns = n.ctime_ns;
+				e->atime_ns = n.atime_ns;
+				e->has = n.has;
+				e->mode = n.mode;
+				e->uid = n.uid;
+				e->gid = n.gid;
+				e->local = n.local;
+			}
+			meta_entry_clear(&n);
+		}
 		return;
+	}
 	pthread_mutex_lock(&f->lock);
 	e->size = f->size;
 	if (f->mtime_set) {
