@@ -2047,7 +2047,6 @@ int fs_wb_start(struct fs_ctx *ctx)
 	return 0;
 }
 
-/* Files whose data S3 does not have yet. */
 /* Uploads owed (dirty or running); with retry_now, failed ones retry at
  * once.  *no_room: how many of them failed again for want of local disk
  * space since they were last told to retry, and wait for nothing. */

@@ -31,6 +31,20 @@ WRITERS, READERS, REGION_WRITERS, LISTERS = 3, 3, 3, 2
 REGION = 64 * KiB
 
 
+def guarded(failures, stop):
+    """A decorator for a worker thread: an exception it raises goes to
+    FAILURES (with the worker's name and arguments) and sets STOP."""
+    def guard(fn):
+        def run(*a):
+            try:
+                fn(*a)
+            except BaseException as e:  # noqa: B902 - reported by the main thread
+                failures.append('%s%r: %r' % (fn.__name__, a, e))
+                stop.set()
+        return run
+    return guard
+
+
 def run_threads(threads, stop, failures):
     """Runs THREADS for SECONDS (or until one sets STOP), then checks that
     each ended and none failed."""
@@ -61,14 +75,7 @@ def test_concurrent_workload(s3rver, tmp_path):
         with lock:
             counts[k] += 1
 
-    def guard(fn):
-        def run(*a):
-            try:
-                fn(*a)
-            except BaseException as e:  # noqa: B902 - reported by the main thread
-                failures.append('%s%r: %r' % (fn.__name__, a, e))
-                stop.set()
-        return run
+    guard = guarded(failures, stop)
 
     with Mount(server, bucket, tmp_path, opts={'list_ttl': 1}) as m:
         mp = m.mp
@@ -204,12 +211,14 @@ def test_shared_file_read_back(s3rver, tmp_path):
     writes = [0] * REGION_WRITERS
     opens = [0]
     final = {}
+    guard = guarded(failures, stop)
 
     with Mount(server, bucket, tmp_path) as m:
         path = os.path.join(m.mp, 'shared.bin')
         with open(path, 'wb') as f:
             f.write(b'\0' * (page * npages * REGION_WRITERS))
 
+        @guard
         def writer(idx):
             r = random.Random(400 + idx)
             fd = os.open(path, os.O_RDWR)
@@ -228,9 +237,6 @@ def test_shared_file_read_back(s3rver, tmp_path):
                                              % (idx, at, writes[idx]))
                     writes[idx] += 1
                 final[idx] = bytes(mine)
-            except BaseException as e:  # noqa: B902 - reported by the main thread
-                failures.append(repr(e))
-                stop.set()
             finally:
                 os.close(fd)
 
