@@ -25,6 +25,9 @@
 #include "internal.h"
 
 #define POOL_MAX 64
+/* Receive buffer of a GET of at least BIG_BODY_MIN bytes into a sink. */
+#define BIG_BODY_MIN (1L << 20)
+#define BIG_BODY_BUFFER (256L << 10)
 /* The largest XML answer kept in memory.  The biggest legitimate one is a
  * listing page of 1,000 keys of 1,024 bytes, URL-encoded (up to 3 bytes per
  * byte) with owners: under 5 MiB.  Anything bigger is refused at once (not
@@ -926,6 +929,13 @@ static int perform_once(s3_client *c, CURL *h, s3_http_req *rq, s3_http_resp *rs
 		curl_easy_setopt(h, CURLOPT_NOBODY, 1L);
 	} else if (strcmp(rq->method, "GET") == 0) {
 		curl_easy_setopt(h, CURLOPT_HTTPGET, 1L);
+		/* A large body streamed to a sink: read it in larger pieces
+		 * than libcurl's 16 KiB, a recv and a sink write (a pwrite
+		 * into the cache) per piece.  Only for those, so that the
+		 * pooled handles of small requests keep small buffers. */
+		if (rq->sink && (!rq->has_range || rq->range_len == 0 ||
+		                 rq->range_len >= BIG_BODY_MIN))
+			curl_easy_setopt(h, CURLOPT_BUFFERSIZE, BIG_BODY_BUFFER);
 	} else if (strcmp(rq->method, "PUT") == 0 || strcmp(rq->method, "POST") == 0) {
 		if (strcmp(rq->method, "PUT") == 0)
 			curl_easy_setopt(h, CURLOPT_UPLOAD, 1L);

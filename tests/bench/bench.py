@@ -551,6 +551,8 @@ class Bench:
     def __init__(self, args):
         self.args = args
         self.sz = Sizes(args.quick, args.repeats)
+        if args.workdir:
+            os.makedirs(args.workdir, exist_ok=True)
         self.work = tempfile.mkdtemp(prefix='bucketfs-bench-', dir=args.workdir)
         self.srv = None
         self.fs = {}
