@@ -25,7 +25,7 @@
 #include "internal.h"
 
 #define POOL_MAX 64
-/* Receive buffer of a GET of at least BIG_BODY_MIN bytes into a sink. */
+/* Receive buffer of a ranged GET of at least BIG_BODY_MIN bytes into a sink. */
 #define BIG_BODY_MIN (1L << 20)
 #define BIG_BODY_BUFFER (256L << 10)
 /* The largest XML answer kept in memory.  The biggest legitimate one is a
@@ -929,12 +929,12 @@ static int perform_once(s3_client *c, CURL *h, s3_http_req *rq, s3_http_resp *rs
 		curl_easy_setopt(h, CURLOPT_NOBODY, 1L);
 	} else if (strcmp(rq->method, "GET") == 0) {
 		curl_easy_setopt(h, CURLOPT_HTTPGET, 1L);
-		/* A large body streamed to a sink: read it in larger pieces
-		 * than libcurl's 16 KiB, a recv and a sink write (a pwrite
-		 * into the cache) per piece.  Only for those, so that the
-		 * pooled handles of small requests keep small buffers. */
-		if (rq->sink && (!rq->has_range || rq->range_len == 0 ||
-		                 rq->range_len >= BIG_BODY_MIN))
+		/* A large range streamed to a sink (the cache's fetches): read
+		 * it in larger pieces than libcurl's 16 KiB, a recv and a sink
+		 * write (a pwrite into the cache) per piece.  Only for those:
+		 * a handle keeps its buffer in the pool, and the many small
+		 * GETs of a walk (whole objects, no range) keep small ones. */
+		if (rq->sink && rq->has_range && rq->range_len >= BIG_BODY_MIN)
 			curl_easy_setopt(h, CURLOPT_BUFFERSIZE, BIG_BODY_BUFFER);
 	} else if (strcmp(rq->method, "PUT") == 0 || strcmp(rq->method, "POST") == 0) {
 		if (strcmp(rq->method, "PUT") == 0)

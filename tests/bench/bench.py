@@ -464,7 +464,7 @@ class BucketFS(FS):
     def settings(self):
         return ('`bucketfs BUCKET MP -f -o url=URL,use_path_request_style,cache_dir=DIR,'
                 'cache_size=%s` (credentials from AWS_*; defaults otherwise: list_ttl=60, '
-                'block_size=1M, prefetch=8, prefetch_parallel=4, multipart_size=64, '
+                'block_size=1M, prefetch=64, prefetch_parallel=4, multipart_size=64, '
                 'parallel_count=8)' % self.opts({}).split('cache_size=')[1].split(',')[0])
 
     def stats(self):
