@@ -34,6 +34,8 @@ enum meta_stmt_id {
 	MS_BEGIN,
 	MS_COMMIT,
 	MS_ROLLBACK,
+	MS_SYNC_NORMAL,
+	MS_SYNC_FULL,
 	MS_LIST_GET,
 	MS_INSERT,
 	MS_UPDATE_LISTED,
@@ -88,6 +90,7 @@ struct meta {
 
 	pthread_mutex_t wlock; /* the writer connection and next_gen */
 	struct meta_conn writer;
+	bool lazy; /* the writer's transaction is meta_write_begin_lazy()'s */
 	uint64_t gen; /* the newest listing generation handed out */
 	/* Listings begun and not yet committed or aborted, oldest first
 	 * (generations are handed out in order).  Under wlock. */
@@ -142,6 +145,7 @@ void meta_reader_put(meta *m, struct meta_conn *c);
 
 /* Writer transactions: lock + BEGIN IMMEDIATE / COMMIT + unlock. */
 int meta_write_begin(meta *m) META_WARN_UNUSED;
+int meta_write_begin_lazy(meta *m) META_WARN_UNUSED;
 int meta_write_commit(meta *m) META_WARN_UNUSED;
 void meta_write_rollback(meta *m);
 

@@ -81,6 +81,8 @@ static const char *const meta_sql[MS__COUNT] = {
         [MS_BEGIN] = "BEGIN IMMEDIATE",
         [MS_COMMIT] = "COMMIT",
         [MS_ROLLBACK] = "ROLLBACK",
+        [MS_SYNC_NORMAL] = "PRAGMA synchronous = NORMAL",
+        [MS_SYNC_FULL] = "PRAGMA synchronous = FULL",
         /* The version comparison is done here: `IS` also matches NULLs. */
         [MS_LIST_GET] = "SELECT is_dir, local, list_gen,"
                         " (etag IS ?3 AND last_modified_ns = ?4 AND size = ?5)"
@@ -752,17 +754,55 @@ static int meta_step_once(meta *m, enum meta_stmt_id id)
 	return rc == SQLITE_DONE ? 0 : meta_sqlite_err(m, &m->writer, rc, meta_sql[id]);
 }
 
-int meta_write_begin(meta *m)
+/*
+ * A transaction that only records what S3 says (an object's attributes, a
+ * symlink's target) may be lazy: committed without waiting for the disk -
+ * synchronous NORMAL for it alone, which saves a cold walk one fsync per
+ * object, each under the writer lock.  Losing it at a power failure costs a
+ * refetch.  What a FULL commit made durable stays so: the WAL is appended
+ * in order and each FULL commit syncs all of it, so a power failure can only
+ * take the last lazy commits.  SQLite refuses to change the level inside a
+ * transaction: it is set before BEGIN and put back after the end; if that
+ * fails, the next durable transaction sets it first, or is refused.
+ */
+static int meta_write_lock(meta *m, bool lazy)
 {
-	int err;
+	int err = 0;
 
 	pthread_mutex_lock(&m->wlock);
+	if (lazy) {
+		if (meta_step_once(m, MS_SYNC_NORMAL) == 0)
+			m->lazy = true;
+	} else if (m->lazy) {
+		err = meta_step_once(m, MS_SYNC_FULL);
+		if (!err)
+			m->lazy = false;
+	}
 	/* IMMEDIATE: take the write lock now, not on the first write, so a
 	 * transaction never fails half-way with SQLITE_BUSY. */
-	err = meta_step_once(m, MS_BEGIN);
+	if (!err)
+		err = meta_step_once(m, MS_BEGIN);
 	if (err)
 		pthread_mutex_unlock(&m->wlock);
 	return err;
+}
+
+int meta_write_begin(meta *m)
+{
+	return meta_write_lock(m, false);
+}
+
+int meta_write_begin_lazy(meta *m)
+{
+	return meta_write_lock(m, true);
+}
+
+/* Ends a transaction's hold of the writer: FULL again after a lazy one. */
+static void meta_write_unlock(meta *m)
+{
+	if (m->lazy && meta_step_once(m, MS_SYNC_FULL) == 0)
+		m->lazy = false;
+	pthread_mutex_unlock(&m->wlock);
 }
 
 int meta_write_commit(meta *m)
@@ -771,7 +811,7 @@ int meta_write_commit(meta *m)
 
 	if (err)
 		sqlite3_exec(m->writer.db, "ROLLBACK", NULL, NULL, NULL);
-	pthread_mutex_unlock(&m->wlock);
+	meta_write_unlock(m);
 	return err;
 }
 
@@ -779,7 +819,7 @@ void meta_write_rollback(meta *m)
 {
 	if (!sqlite3_get_autocommit(m->writer.db))
 		(void)meta_step_once(m, MS_ROLLBACK);
-	pthread_mutex_unlock(&m->wlock);
+	meta_write_unlock(m);
 }
 
 /* ---------------------------------------------------------------- reads */

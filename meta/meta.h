@@ -275,6 +275,8 @@ typedef struct meta_head {
  * and the entry is not local; replaces all HEAD-derived fields but the
  * symlink target.  -ENOENT if there is no entry, -ESTALE if the ETag
  * differs (a listing has seen a newer version: the result is dropped).
+ * Committed without waiting for the disk (a power failure may lose it and
+ * cost a refetch, never a durable commit made before or after it).
  */
 int meta_set_head(meta *m, const char *path, const char *etag,
                   const meta_head *head) META_WARN_UNUSED;

@@ -105,7 +105,7 @@ int meta_set_head(meta *m, const char *path, const char *etag, const meta_head *
 
 	if (!meta_path_ok(path) || !etag || !h)
 		return -EINVAL;
-	err = meta_write_begin(m);
+	err = meta_write_begin_lazy(m);
 	if (err)
 		return err;
 	st = meta_stmt(m, &m->writer, MS_SET_HEAD);
@@ -134,7 +134,7 @@ int meta_set_symlink(meta *m, const char *path, const char *etag, const char *ta
 
 	if (!meta_path_ok(path) || !etag || !target)
 		return -EINVAL;
-	err = meta_write_begin(m);
+	err = meta_write_begin_lazy(m);
 	if (err)
 		return err;
 	st = meta_stmt(m, &m->writer, MS_SET_SYMLINK);

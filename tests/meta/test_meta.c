@@ -769,17 +769,26 @@ static void test_local_changes_delete_and_rename(void)
 
 /* ---------------------------------------------------------------- tombstones */
 
-/* A count from the writer connection (it alone sees the TEMP tombs table). */
-static int64_t count_sql(meta *m, const char *sql)
+/* A number from the writer connection, by a caller that holds it. */
+static int64_t writer_int(meta *m, const char *sql)
 {
 	sqlite3_stmt *st = NULL;
 	int64_t n = -1;
 
-	pthread_mutex_lock(&m->wlock);
 	if (sqlite3_prepare_v2(m->writer.db, sql, -1, &st, NULL) == SQLITE_OK &&
 	    sqlite3_step(st) == SQLITE_ROW)
 		n = sqlite3_column_int64(st, 0);
 	sqlite3_finalize(st);
+	return n;
+}
+
+/* A count from the writer connection (it alone sees the TEMP tombs table). */
+static int64_t count_sql(meta *m, const char *sql)
+{
+	int64_t n;
+
+	pthread_mutex_lock(&m->wlock);
+	n = writer_int(m, sql);
 	pthread_mutex_unlock(&m->wlock);
 	return n;
 }
@@ -918,6 +927,51 @@ static int count_journal(void *ctx, const meta_journal_entry *j)
 		CHECK_INT(j->created_ns, 42);
 	}
 	return 0;
+}
+
+/* What S3 says of an object is committed without an fsync (synchronous
+ * NORMAL for that transaction alone); everything else stays FULL. */
+static void test_attributes_commit_lazily_and_the_rest_durably(void)
+{
+	meta_object o[] = {obj("a", 1, "\"a\""), obj("l", 6, "\"l\"")};
+	meta_head h = {.has = META_HAS_MODE | META_HAS_UID, .mode = 0100640, .uid = 7};
+	meta_journal_entry j = {.path = "/a", .staged_file = "/cache/a", .size = 1};
+	meta *m = open_db("lazy.db", "");
+	int64_t id;
+	meta_entry e;
+
+	CHECK_INT(count_sql(m, "PRAGMA synchronous"), 2); /* FULL */
+	/* Inside a lazy transaction the level is NORMAL (1). */
+	CHECK_INT(meta_write_begin_lazy(m), 0);
+	CHECK_INT(writer_int(m, "PRAGMA synchronous"), 1);
+	CHECK_INT(meta_write_commit(m), 0);
+	CHECK_INT(meta_write_begin(m), 0);
+	CHECK_INT(writer_int(m, "PRAGMA synchronous"), 2);
+	meta_write_rollback(m);
+	CHECK_INT(list1(m, "/", META_LIST_RECURSIVE, o, 2, NULL, 0, NULL), 2);
+	CHECK_INT(count_sql(m, "PRAGMA synchronous"), 2);
+	CHECK_INT(meta_set_head(m, "/a", "\"a\"", &h), 0);
+	CHECK_INT(count_sql(m, "PRAGMA synchronous"), 2); /* put back */
+	CHECK_INT(meta_set_head(m, "/a", "\"old\"", &h), -ESTALE); /* rolled back */
+	CHECK_INT(count_sql(m, "PRAGMA synchronous"), 2);
+	CHECK_INT(meta_set_symlink(m, "/l", "\"l\"", "target"), 0);
+	CHECK_INT(count_sql(m, "PRAGMA synchronous"), 2);
+	CHECK_INT(meta_journal_add(m, &j, &id), 0);
+	/* A lazy commit is a commit: readers see it, and so does the next
+	 * open (a crash of the process loses nothing, only a power failure
+	 * may). */
+	CHECK_INT(meta_lookup(m, "/a", &e), 0);
+	CHECK_INT(e.uid, 7);
+	meta_entry_clear(&e);
+	meta_close(m);
+	m = open_db("lazy.db", "");
+	CHECK_INT(meta_lookup(m, "/a", &e), 0);
+	CHECK_INT(e.mode, 0100640);
+	meta_entry_clear(&e);
+	CHECK_INT(meta_lookup(m, "/l", &e), 0);
+	CHECK(e.symlink && strcmp(e.symlink, "target") == 0);
+	meta_entry_clear(&e);
+	meta_close(m);
 }
 
 static void test_index_survives_close_and_reopen(void)
@@ -1346,6 +1400,7 @@ int main(void)
 	test_a_listing_older_than_a_removal_does_not_bring_the_name_back();
 	test_an_older_listing_does_not_bring_back_a_removed_directory();
 	test_index_survives_close_and_reopen();
+	test_attributes_commit_lazily_and_the_rest_durably();
 	test_cloudfiles_view_answers_like_the_dynamodb_table();
 	test_100k_entries_list_and_read_fast();
 	test_lookups_from_8_threads_during_listings();
