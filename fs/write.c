@@ -308,7 +308,9 @@ static bool wb_room(struct fs_ctx *ctx, int r, uint64_t bytes)
 /* ---------------------------------------------------------------- index */
 
 /* Writes size and mtime of f into its index entry, marked local (S3 has
- * not seen this version).  f->lock held. */
+ * not seen this version).  A lazy commit (meta_upsert_lazy): what must
+ * survive a power failure is the journal row, committed durably after it
+ * at close, and the upload's own commits.  f->lock held. */
 static int wb_index_update(struct fs_ctx *ctx, struct fs_file *f)
 {
 	meta_entry e;
@@ -324,9 +326,9 @@ static int wb_index_update(struct fs_ctx *ctx, struct fs_file *f)
 	if (f->mtime_set)
 		e.mtime_ns = e.ctime_ns = f->mtime_ns;
 	e.local = true;
-	r = meta_upsert(ctx->meta, f->path, &e);
+	r = meta_upsert_lazy(ctx->meta, f->path, &e);
 	if (wb_room(ctx, r, 0))
-		r = meta_upsert(ctx->meta, f->path, &e);
+		r = meta_upsert_lazy(ctx->meta, f->path, &e);
 	meta_entry_clear(&e);
 	if (r)
 		fs_log(FS_LOG_WARNING, "updating the index for %s: %s", f->path, strerror(-r));
@@ -859,6 +861,11 @@ static int wb_journal_now(struct fs_ctx *ctx, struct fs_file *f)
 	}
 	if (f->fd < 0 || fdatasync(f->fd) < 0)
 		r = f->fd < 0 ? -EIO : -errno;
+	/* Size and mtime as of this close, for the next mount's listing too:
+	 * a lazy commit (wb_index_update), before the journal row, whose
+	 * durable commit then covers it - one fsync per close, not two. */
+	if (!r)
+		(void)wb_index_update(ctx, f);
 	jid = f->jid;
 	j = (meta_journal_entry){.id = jid,
 	                         .path = f->path,
@@ -878,9 +885,6 @@ static int wb_journal_now(struct fs_ctx *ctx, struct fs_file *f)
 	} else {
 		fs_log(FS_LOG_ERR, "journal: cannot record %s: %s", f->path, strerror(-r));
 	}
-	/* Size and mtime as of this close, for the next mount's listing too. */
-	if (!r)
-		(void)wb_index_update(ctx, f);
 	pthread_mutex_unlock(&f->lock);
 	return r;
 }
@@ -1221,9 +1225,11 @@ int fs_create(const char *path, mode_t mode, struct fuse_file_info *fi)
 	e.gid = fc->gid;
 	e.mtime_ns = e.ctime_ns = e.atime_ns = now;
 	e.last_modified_ns = now;
-	r = meta_upsert(ctx->meta, path, &e);
+	/* Lazy: nothing is promised before close, whose journal row is
+	 * committed durably after it (and so makes it durable too). */
+	r = meta_upsert_lazy(ctx->meta, path, &e);
 	if (wb_room(ctx, r, 0))
-		r = meta_upsert(ctx->meta, path, &e);
+		r = meta_upsert_lazy(ctx->meta, path, &e);
 	if (r)
 		return r;
 	f = wb_file_new(ctx, path, NULL, 0);

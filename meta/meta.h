@@ -297,6 +297,13 @@ int meta_set_symlink(meta *m, const char *path, const char *etag,
  */
 int meta_upsert(meta *m, const char *path, const meta_entry *e) META_WARN_UNUSED;
 
+/* The same, committed without waiting for the disk, like meta_set_head():
+ * for a change nothing has promised to keep yet (a file created or written
+ * and not closed), or one that a durable commit made right after covers
+ * (the WAL is synced in order: a power failure can only lose lazy commits
+ * made after the last durable one). */
+int meta_upsert_lazy(meta *m, const char *path, const meta_entry *e) META_WARN_UNUSED;
+
 /* Deletes the entry at `path`: -ENOENT if absent, -ENOTEMPTY for a directory
  * with entries, -EINVAL for the root. */
 int meta_delete(meta *m, const char *path) META_WARN_UNUSED;
@@ -322,7 +329,8 @@ int meta_clear_local(meta *m, const char *path, const char *etag, uint64_t size,
 /*
  * Sets the mtime and ctime of the directory at `path` to `ns` (its entries
  * changed), in the index only; the root (no row) is left as it is.
- * -ENOENT if there is no such directory.
+ * -ENOENT if there is no such directory.  Committed lazily (see
+ * meta_upsert_lazy()).
  */
 int meta_set_dir_times(meta *m, const char *path, int64_t ns) META_WARN_UNUSED;
 

@@ -194,14 +194,14 @@ static int meta_upsert_row(meta *m, const char *path, const meta_entry *e)
 	return meta_run(m, st, "upsert");
 }
 
-int meta_upsert(meta *m, const char *path, const meta_entry *e)
+static int meta_upsert_as(meta *m, const char *path, const meta_entry *e, bool lazy)
 {
 	struct meta_kind k;
 	int err;
 
 	if (!meta_path_ok(path) || !e)
 		return -EINVAL;
-	err = meta_write_begin(m);
+	err = lazy ? meta_write_begin_lazy(m) : meta_write_begin(m);
 	if (err)
 		return err;
 	err = meta_parent_ok(m, path);
@@ -212,6 +212,16 @@ int meta_upsert(meta *m, const char *path, const meta_entry *e)
 	if (!err)
 		err = meta_upsert_row(m, path, e);
 	return meta_end(m, err);
+}
+
+int meta_upsert(meta *m, const char *path, const meta_entry *e)
+{
+	return meta_upsert_as(m, path, e, false);
+}
+
+int meta_upsert_lazy(meta *m, const char *path, const meta_entry *e)
+{
+	return meta_upsert_as(m, path, e, true);
 }
 
 static int meta_forget_listing(meta *m, const char *path)
@@ -437,7 +447,7 @@ int meta_set_dir_times(meta *m, const char *path, int64_t ns)
 		return 0; /* the root has no row to keep them */
 	if (!meta_path_ok(path))
 		return -EINVAL;
-	err = meta_write_begin(m);
+	err = meta_write_begin_lazy(m);
 	if (err)
 		return err;
 	rc = sqlite3_prepare_v2(m->writer.db, sql, -1, &st, NULL);

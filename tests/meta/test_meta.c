@@ -929,13 +929,15 @@ static int count_journal(void *ctx, const meta_journal_entry *j)
 	return 0;
 }
 
-/* What S3 says of an object is committed without an fsync (synchronous
- * NORMAL for that transaction alone); everything else stays FULL. */
+/* What S3 says of an object, and local changes nothing promised to keep
+ * yet, are committed without an fsync (synchronous NORMAL for that
+ * transaction alone); the journal and the rest stay FULL. */
 static void test_attributes_commit_lazily_and_the_rest_durably(void)
 {
 	meta_object o[] = {obj("a", 1, "\"a\""), obj("l", 6, "\"l\"")};
 	meta_head h = {.has = META_HAS_MODE | META_HAS_UID, .mode = 0100640, .uid = 7};
-	meta_journal_entry j = {.path = "/a", .staged_file = "/cache/a", .size = 1};
+	meta_journal_entry j = {.path = "/new", .staged_file = "/cache/new", .size = 1};
+	meta_entry local = {.local = true, .size = 1, .has = META_HAS_MODE, .mode = 0100600};
 	meta *m = open_db("lazy.db", "");
 	int64_t id;
 	meta_entry e;
@@ -956,6 +958,10 @@ static void test_attributes_commit_lazily_and_the_rest_durably(void)
 	CHECK_INT(count_sql(m, "PRAGMA synchronous"), 2);
 	CHECK_INT(meta_set_symlink(m, "/l", "\"l\"", "target"), 0);
 	CHECK_INT(count_sql(m, "PRAGMA synchronous"), 2);
+	CHECK_INT(meta_upsert_lazy(m, "/new", &local), 0);
+	CHECK_INT(count_sql(m, "PRAGMA synchronous"), 2);
+	CHECK_INT(meta_upsert_lazy(m, "/a/x", &local), -ENOTDIR); /* rolled back */
+	CHECK_INT(count_sql(m, "PRAGMA synchronous"), 2);
 	CHECK_INT(meta_journal_add(m, &j, &id), 0);
 	/* A lazy commit is a commit: readers see it, and so does the next
 	 * open (a crash of the process loses nothing, only a power failure
@@ -970,6 +976,9 @@ static void test_attributes_commit_lazily_and_the_rest_durably(void)
 	meta_entry_clear(&e);
 	CHECK_INT(meta_lookup(m, "/l", &e), 0);
 	CHECK(e.symlink && strcmp(e.symlink, "target") == 0);
+	meta_entry_clear(&e);
+	CHECK_INT(meta_lookup(m, "/new", &e), 0);
+	CHECK(e.local && e.size == 1);
 	meta_entry_clear(&e);
 	meta_close(m);
 }
