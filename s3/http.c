@@ -26,7 +26,7 @@
 
 #define POOL_MAX 64
 /* Receive buffer of a ranged GET of at least BIG_BODY_MIN bytes into a sink. */
-#define BIG_BODY_MIN (1L << 20)
+#define BIG_BODY_MIN    (1L << 20)
 #define BIG_BODY_BUFFER (256L << 10)
 /* The largest XML answer kept in memory.  The biggest legitimate one is a
  * listing page of 1,000 keys of 1,024 bytes, URL-encoded (up to 3 bytes per

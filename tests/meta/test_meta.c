@@ -953,7 +953,7 @@ static void test_attributes_commit_lazily_and_the_rest_durably(void)
 	CHECK_INT(list1(m, "/", META_LIST_RECURSIVE, o, 2, NULL, 0, NULL), 2);
 	CHECK_INT(count_sql(m, "PRAGMA synchronous"), 2);
 	CHECK_INT(meta_set_head(m, "/a", "\"a\"", &h), 0);
-	CHECK_INT(count_sql(m, "PRAGMA synchronous"), 2); /* put back */
+	CHECK_INT(count_sql(m, "PRAGMA synchronous"), 2);          /* put back */
 	CHECK_INT(meta_set_head(m, "/a", "\"old\"", &h), -ESTALE); /* rolled back */
 	CHECK_INT(count_sql(m, "PRAGMA synchronous"), 2);
 	CHECK_INT(meta_set_symlink(m, "/l", "\"l\"", "target"), 0);
