@@ -350,19 +350,16 @@ void fs_wb_overlay(struct fs_ctx *ctx, const char *path, meta_entry *e)
 		 * Answering with e would tell the kernel a stale size - 0 for
 		 * a file just created - and a reader would see it truncated. */
 		meta_entry n;
-		if (e->local && meta_lookup(ctx->meta, path, &n) == 0) {
-			if (!n.is_dir) {
-				e->size = n.size;
-				e->last_modified_ns = n.last_modified_ns;
-				e->mtime_ns = n.mtime_ns;
-				e->ctime_ns = n.ctime_ns;
-				e->atime_ns = n.atime_ns;
-				e->has = n.has;
-				e->mode = n.mode;
-				e->uid = n.uid;
-				e->gid = n.gid;
-				e->local = n.local;
-			}
+		if (!e->local || meta_lookup(ctx->meta, path, &n) != 0)
+			return;
+		if (!n.is_dir) {
+			/* The entry as it is now, under the caller's name. */
+			char *name = n.name;
+			n.name = e->name;
+			e->name = name;
+			meta_entry_clear(e);
+			*e = n;
+		} else {
 			meta_entry_clear(&n);
 		}
 		return;

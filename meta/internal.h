@@ -90,7 +90,7 @@ struct meta {
 
 	pthread_mutex_t wlock; /* the writer connection and next_gen */
 	struct meta_conn writer;
-	bool lazy;    /* the writer's transaction is meta_write_begin_lazy()'s */
+	bool lazy;    /* the writer is at synchronous=NORMAL (meta_write_lock) */
 	uint64_t gen; /* the newest listing generation handed out */
 	/* Listings begun and not yet committed or aborted, oldest first
 	 * (generations are handed out in order).  Under wlock. */
