@@ -317,6 +317,10 @@ int main(int argc, char **argv)
 	ctx.upload_threads = 16;
 	ctx.unmount_wait_s = 60;
 	pthread_mutex_init(&ctx.list_lock, NULL);
+	if (fs_probes_init(&ctx)) {
+		fail("out of memory");
+		goto out;
+	}
 
 	cache_config cc = {
 	        .dir = content_dir,
@@ -383,6 +387,7 @@ out:
 		meta_close(ctx.meta);
 	if (ctx.s3)
 		s3_client_free(ctx.s3);
+	fs_probes_free(&ctx);
 	if (ctx.prefix)
 		pthread_mutex_destroy(&ctx.list_lock);
 	free(inst);

@@ -16,7 +16,8 @@
  * ceil(keys / 1000) LISTs.  So that the first `ls` of a huge bucket still
  * answers quickly, a flat listing gives up after `list_flat_pages` pages and
  * the directory is listed one level (with delimiter "/") instead; its
- * subdirectories then get their own flat listings when visited.
+ * subdirectories then get their own flat listings when visited.  A lookup of
+ * one name in a directory not listed asks for that name alone (probe.c).
  *
  * Metadata strategy: a listing carries size, ETag and LastModified but not the
  * x-amz-meta-* attributes.  Those are fetched once per object version, in
@@ -74,7 +75,7 @@ char *fs_key_of(struct fs_ctx *ctx, const char *path, bool dir_marker)
 
 /* ---------------------------------------------------------------- listing */
 
-static void on_listing_change(void *arg, const char *path, enum meta_change what)
+void fs_on_listing_change(void *arg, const char *path, enum meta_change what)
 {
 	struct fs_ctx *ctx = arg;
 	char *key = fs_key_of(ctx, path, false);
@@ -160,7 +161,7 @@ static int list_dir(struct fs_ctx *ctx, const char *dir)
 
 	if (!prefix)
 		return -ENOMEM;
-	r = meta_listing_begin(ctx->meta, dir, META_LIST_RECURSIVE, on_listing_change, ctx, &l);
+	r = meta_listing_begin(ctx->meta, dir, META_LIST_RECURSIVE, fs_on_listing_change, ctx, &l);
 	if (!r)
 		r = list_pages(ctx, l, prefix, NULL, ctx->list_flat_pages, &complete);
 	if (!r && complete) {
@@ -172,7 +173,7 @@ static int list_dir(struct fs_ctx *ctx, const char *dir)
 		l = NULL;
 		fs_log(FS_LOG_INFO, "%s holds more than %d000 keys: listing it one level at a time",
 		       dir, ctx->list_flat_pages);
-		r = meta_listing_begin(ctx->meta, dir, 0, on_listing_change, ctx, &l);
+		r = meta_listing_begin(ctx->meta, dir, 0, fs_on_listing_change, ctx, &l);
 		if (!r)
 			r = list_pages(ctx, l, prefix, "/", 0, &complete);
 		if (!r) {
@@ -404,12 +405,13 @@ void fs_fill_stat(struct fs_ctx *ctx, const meta_entry *e, struct stat *st)
 	st->st_blocks = (blkcnt_t)((e->size + 511) / 512);
 }
 
-/* Finds `path` in a fresh listing of its parent, with its attributes. */
+/* Finds `path` in a fresh listing of its parent (or a fresh probe of it
+ * alone), with its attributes. */
 int fs_lookup(struct fs_ctx *ctx, const char *path, meta_entry *e)
 {
 	size_t len = strlen(path);
 	char parent[len + 1];
-	int r;
+	int r = 0;
 
 	memset(e, 0, sizeof(*e));
 	if (len > 1 && path[len - 1] == '/')
@@ -424,13 +426,15 @@ int fs_lookup(struct fs_ctx *ctx, const char *path, meta_entry *e)
 	}
 	if (strcmp(path, "/") != 0) {
 		fs_parent_of(path, parent);
-		r = fs_ensure_listed(ctx, parent);
+		r = fs_find(ctx, parent, path, e);
+		if (r < 0)
+			return r;
+	}
+	if (r != 1) {
+		r = meta_lookup(ctx->meta, path, e);
 		if (r)
 			return r;
 	}
-	r = meta_lookup(ctx->meta, path, e);
-	if (r)
-		return r;
 	if (needs_head(e)) {
 		r = fetch_head(ctx, path, e);
 		if (r == -ENOENT) {

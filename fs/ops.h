@@ -52,6 +52,7 @@ struct fs_ctx {
 	struct fs_wb *wb;         /* open files, upload pool, journal; owned */
 
 	pthread_mutex_t list_lock; /* one listing at a time */
+	struct fs_probes *probes;  /* names looked up alone (probe.c); owned */
 };
 
 /* The operations table; main.c passes it to fuse_new(). */
@@ -85,7 +86,23 @@ const char *fs_base_of(const char *path);
 char *fs_key_of(struct fs_ctx *ctx, const char *path, bool dir_marker);
 /* Makes sure the index holds a listing of `dir` younger than list_ttl. */
 int fs_ensure_listed(struct fs_ctx *ctx, const char *dir);
-/* Finds `path` in a fresh listing of its parent, with its x-amz-meta-*
+/* A listing's callback: drops the cached contents of a changed entry. */
+void fs_on_listing_change(void *arg, const char *path, enum meta_change what);
+
+/* ---------------------------------------------------------------- probe.c */
+
+int fs_probes_init(struct fs_ctx *ctx);
+void fs_probes_free(struct fs_ctx *ctx); /* idempotent */
+/* Makes the index as fresh as list_ttl asks for `path` (in directory
+ * `parent`): trusts a fresh listing of the parent or an earlier probe of
+ * `path`, else asks S3 about `path` alone, or lists the parent when that
+ * cannot settle it.  0 (the index has the answer), 1 when the index could
+ * not store what S3 said (a full disk): *out holds it (meta_entry_clear
+ * it), or a negative errno. */
+int fs_find(struct fs_ctx *ctx, const char *parent, const char *path, meta_entry *out);
+
+/* Finds `path` in a fresh listing of its parent (or a fresh probe of it
+ * alone, probe.c), with its x-amz-meta-*
  * attributes (fetched if needed); fills *e (meta_entry_clear it). */
 int fs_lookup(struct fs_ctx *ctx, const char *path, meta_entry *e);
 void fs_fill_stat(struct fs_ctx *ctx, const meta_entry *e, struct stat *st);

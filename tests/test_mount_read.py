@@ -157,6 +157,84 @@ def test_ten_thousand_objects_cost_nothing_after_the_first_walk(s3server, bucket
         assert 1 <= d['list'] <= len(items) // 1000 + 1, d
 
 
+def test_a_lookup_asks_for_one_name_not_the_whole_directory(s3server, bucket, tmp_path):
+    """A lookup in a directory not listed yet probes that one name (fs/probe.c:
+    LIST "name/" then LIST "name", one key each) instead of listing the
+    directory flat (3 pages here).  A later listing of the directory keeps
+    what the probes stored: the cached contents are not fetched again."""
+    items = {'many/d%02d/f%03d' % (d, f): b'%d %d' % (d, f) for d in range(21) for f in range(100)}
+    items.update({'top.txt': b'top\n', 'name': b'the file', 'name.bak': b'the backup',
+                  'odd.txt': b'odd', 'both': b'a file hidden by the directory',
+                  'both/inner': b'inner', 'marked/': b'', 'marked/x': b'x'})
+    bulk_put(s3server, bucket, items)
+    with Mount(s3server, bucket, tmp_path, opts={'list_ttl': 3600}) as m:
+        path = lambda n: os.path.join(m.mp, n)   # noqa: E731
+        r0 = m.requests()
+        assert open(path('top.txt'), 'rb').read() == b'top\n'
+        d = delta(m.requests(), r0)
+        # LIST top.txt/, LIST top.txt, one GET (attributes and contents)
+        assert d['list'] == 2 and d['get'] == 1 and d['head'] == 0, d
+        r1 = m.requests()
+        assert stat.S_ISDIR(os.stat(path('many')).st_mode)
+        assert open(path('name'), 'rb').read() == b'the file'
+        assert open(path('name.bak'), 'rb').read() == b'the backup'
+        assert stat.S_ISDIR(os.stat(path('both')).st_mode)   # the directory wins
+        assert stat.S_ISDIR(os.stat(path('marked')).st_mode)
+        for absent in ('odd', 'nothere', 'many.txt'):
+            assert not os.path.exists(path(absent)), absent
+        d = delta(m.requests(), r1)
+        # many, both, marked: one LIST each; name, name.bak, odd, nothere,
+        # many.txt: two; marked/ has a HEAD for its attributes
+        assert d['list'] == 3 + 2 * 5 and d['get'] == 2 and d['head'] <= 1, d
+        # asked again: the answers (found or not) are trusted for list_ttl
+        r2 = m.requests()
+        for n in ('top.txt', 'many', 'name', 'both'):
+            os.stat(path(n))
+        for absent in ('odd', 'nothere'):
+            assert not os.path.exists(path(absent))
+        assert sum(delta(m.requests(), r2).values()) == 0, delta(m.requests(), r2)
+        assert sorted(os.listdir(path('many/d07')))[:2] == ['f000', 'f001']
+        # the root listed now: the same entries, nothing fetched again
+        assert sorted(os.listdir(m.mp)) == ['both', 'many', 'marked', 'name', 'name.bak',
+                                            'odd.txt', 'top.txt']
+        r3 = m.requests()
+        for n in ('top.txt', 'name', 'name.bak'):
+            assert open(path(n), 'rb').read() == items[n]
+        d = delta(m.requests(), r3)
+        assert d['get'] == 0 and d['head'] == 0 and d['list'] == 0, d
+        assert open(path('both/inner'), 'rb').read() == b'inner'
+
+
+def test_a_probed_name_changed_behind_the_back_is_seen_after_list_ttl(s3server, bucket,
+                                                                      tmp_path):
+    bulk_put(s3server, bucket, {'changing': b'version 1', 'going': b'bye', 'turning': b'file',
+                                'stay': b'stay'})
+    ttl = 3
+    with Mount(s3server, bucket, tmp_path, opts={'list_ttl': ttl}) as m:
+        path = lambda n: os.path.join(m.mp, n)   # noqa: E731
+        t0 = time.monotonic()
+        assert open(path('changing'), 'rb').read() == b'version 1'
+        assert open(path('going'), 'rb').read() == b'bye'
+        assert os.path.isfile(path('turning'))
+        assert not os.path.exists(path('coming'))
+        bulk_put(s3server, bucket, {'changing': b'version 2!', 'coming': b'hello',
+                                    'turning/now a dir': b'd'})
+        for key in ('going', 'turning'):
+            status, _, body = s3server.request('DELETE', '/%s/%s' % (bucket, key))
+            assert status in (200, 204), (status, body[:300])
+        if time.monotonic() - t0 < ttl - 0.5:
+            # within list_ttl: the earlier answers
+            assert not os.path.exists(path('coming'))
+            assert os.path.isfile(path('turning'))
+        time.sleep(max(0, ttl - (time.monotonic() - t0)) + 1)
+        assert open(path('changing'), 'rb').read() == b'version 2!'
+        assert not os.path.exists(path('going'))
+        assert open(path('coming'), 'rb').read() == b'hello'
+        assert os.path.isdir(path('turning'))
+        assert os.listdir(path('turning')) == ['now a dir']
+        assert sorted(os.listdir(m.mp)) == ['changing', 'coming', 'stay', 'turning']
+
+
 def test_changes_behind_the_back_appear_after_list_ttl(s3server, bucket, tmp_path):
     bulk_put(s3server, bucket, {'keep': b'keep', 'modify': b'old contents',
                                 'delete': b'bye', 'sub/x': b'x'})

@@ -204,6 +204,10 @@ def test_server_down_during_close_gives_eio_and_data_is_kept(s3server, make_faul
         while v:
             v = v[os.write(fb, v):]
         assert os.write(fs, small) == len(small)
+        # listed once while the server is up (the files were created after
+        # lookups of their names alone): a directory never listed cannot be
+        # shown while the server is down, only with an error
+        assert sorted(os.listdir(m.mp)) == ['eio.bin', 'fsync.bin']
         proxy.configure(rate=1.0, kinds=['drop'])   # the server is "down"
         t0 = time.monotonic()
         with pytest.raises(OSError) as ei:
