@@ -211,7 +211,9 @@ void cache_reader_close(cache_reader *r);
  * exceeded.  The caller must have closed, or must no longer write through,
  * every descriptor of the staged file.  -ENOENT when nothing is staged.
  * The file's bytes were on disk already; they now count against the cap, so
- * the cap holds again once the eviction that follows is done.
+ * the cap holds again once the eviction that follows is done.  Its data is
+ * fdatasync'ed first unless `data_on_disk` says the caller synced every
+ * byte since the last change (as the writer does before each upload).
  *
  * cache_stage_discard: removes the staged file.  -ENOENT when none.
  *
@@ -223,8 +225,8 @@ void cache_reader_close(cache_reader *r);
  */
 int cache_stage_open(cache *c, const char *key, const char *etag, uint64_t size,
                      int *fd_out) CACHE_WARN_UNUSED;
-int cache_stage_commit(cache *c, const char *key, const char *etag,
-                       uint64_t size) CACHE_WARN_UNUSED;
+int cache_stage_commit(cache *c, const char *key, const char *etag, uint64_t size,
+                       bool data_on_disk) CACHE_WARN_UNUSED;
 int cache_stage_discard(cache *c, const char *key) CACHE_WARN_UNUSED;
 int cache_stage_keys(cache *c, char ***keys, size_t *n) CACHE_WARN_UNUSED;
 uint64_t cache_dirty_bytes(cache *c);

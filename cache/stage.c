@@ -256,7 +256,12 @@ int cache_stage_open(cache *c, const char *key, const char *etag, uint64_t size,
 		rc = cache_stage_fill(c, key, etag, size, fd);
 	if (!rc && ftruncate(fd, (off_t)size) < 0)
 		rc = -errno;
-	if (!rc && !c->cfg.no_sync && fdatasync(fd) < 0)
+	/* A fill must be on disk before the writer's first change: a crash
+	 * leaves the staged file to be resumed (the index calls it local), and
+	 * holes where the object's bytes were would be uploaded as zeros.  An
+	 * empty or zero-extended file holds nothing to keep: what is written
+	 * into it is synced when it is closed. */
+	if (!rc && etag && !c->cfg.no_sync && fdatasync(fd) < 0)
 		rc = -errno;
 	if (rc)
 		goto fail;
@@ -317,7 +322,8 @@ static int cache_stage_adopt(cache *c, struct cache_obj *o, const char *key)
 	return 0;
 }
 
-int cache_stage_commit(cache *c, const char *key, const char *etag, uint64_t size)
+int cache_stage_commit(cache *c, const char *key, const char *etag, uint64_t size,
+                       bool data_on_disk)
 {
 	struct cache_stage *e;
 	struct cache_obj *o;
@@ -338,8 +344,9 @@ int cache_stage_commit(cache *c, const char *key, const char *etag, uint64_t siz
 		rc = -errno;
 	if (!rc && ftruncate(fd, (off_t)size) < 0)
 		rc = -errno;
-	/* Recorded blocks must be on disk first, as for fetched ones. */
-	if (!rc && !c->cfg.no_sync && fdatasync(fd) < 0)
+	/* Recorded blocks must be on disk first, as for fetched ones (a
+	 * needless fdatasync is not free: it flushes the disk's cache). */
+	if (!rc && !data_on_disk && !c->cfg.no_sync && fdatasync(fd) < 0)
 		rc = -errno;
 	if (fd >= 0)
 		close(fd);

@@ -15,8 +15,9 @@
  *                   upload: one PUT below multipart_size, else a multipart
  *                   upload (row -> WB_J_MULTIPART with the upload id) whose
  *                   parts unchanged since the object was read are copied
- *                   server-side; on success meta_clear_local, then the row
- *                   is removed
+ *                   server-side; on success the index entry's local flag
+ *                   is cleared and the row removed, in one commit
+ *                   (meta_upload_done)
  *   release         when the last handle is gone and the data is uploaded,
  *                   the staged file becomes cached content (stage_commit)
  * A failed upload keeps its row and staged data; the retry thread uploads it
@@ -283,9 +284,14 @@ static void wb_retire(struct fs_ctx *ctx, struct fs_file *f)
 			 * cached content.  Done after, it could open this staged
 			 * file as its own (cache_stage_open reuses a staged file)
 			 * and write into what the commit turns into the cached
-			 * content of the uploaded version. */
+			 * content of the uploaded version.  Its bytes are on
+			 * disk: nothing changed since the upload, which syncs
+			 * the staged data first (wb_upload: "the journal row
+			 * must never point at data that is not on disk"), or
+			 * since the fill, which cache_stage_open syncs. */
 			if (!f->unlinked && f->etag[0]) {
-				int r = cache_stage_commit(ctx->cache, f->key, f->etag, f->size);
+				int r = cache_stage_commit(ctx->cache, f->key, f->etag, f->size,
+				                           true);
 				if (r)
 					fs_log(FS_LOG_WARNING,
 					       "keeping the uploaded %s as cached content: %s",
@@ -793,14 +799,14 @@ static int wb_upload(struct fs_ctx *ctx, struct fs_file *f)
 		 * listing adopt the listed one for this ETag and size instead of
 		 * taking the object for a new version (and dropping its HEAD
 		 * fields and cached content). */
-		int c = meta_clear_local(ctx->meta, path, etag, size, 0);
-		if (c && c != -ENOENT)
-			fs_log(FS_LOG_WARNING, "index: %s uploaded but not recorded: %s", path,
-			       strerror(-c));
+		bool found;
+		int c = meta_upload_done(ctx->meta, path, etag, size, 0, jid, &found);
+		if (c)
+			fs_log(FS_LOG_WARNING,
+			       "index: %s uploaded but not recorded, its journal row kept: %s",
+			       path, strerror(-c));
 		/* Whatever we cached for the key is an older version. */
 		cache_invalidate(ctx->cache, key);
-		if (jid && meta_journal_remove(ctx->meta, jid))
-			fs_log(FS_LOG_WARNING, "journal: cannot remove the row of %s", path);
 		fs_log(FS_LOG_DEBUG, "uploaded %s (%" PRIu64 " bytes)", path, size);
 	}
 

@@ -399,20 +399,14 @@ int meta_rename(meta *m, const char *from, const char *to, bool mark_local)
 	return meta_end(m, err);
 }
 
-int meta_clear_local(meta *m, const char *path, const char *etag, uint64_t size,
-                     int64_t last_modified_ns)
+static int meta_clear_local_row(meta *m, const char *path, const char *etag, uint64_t size,
+                                int64_t last_modified_ns)
 {
-	sqlite3_stmt *st;
+	sqlite3_stmt *st = meta_stmt(m, &m->writer, MS_CLEAR_LOCAL);
 	int err;
 
-	if (!meta_path_ok(path) || !etag)
-		return -EINVAL;
-	err = meta_write_begin(m);
-	if (err)
-		return err;
-	st = meta_stmt(m, &m->writer, MS_CLEAR_LOCAL);
 	if (!st)
-		return meta_end(m, -EIO);
+		return -EIO;
 	meta_bind_path(st, 1, path);
 	sqlite3_bind_text(st, 3, etag, -1, SQLITE_STATIC);
 	sqlite3_bind_int64(st, 4, (int64_t)size);
@@ -425,6 +419,53 @@ int meta_clear_local(meta *m, const char *path, const char *etag, uint64_t size,
 		err = meta_run(m, st, "clear local");
 	if (!err && sqlite3_changes(m->writer.db) == 0)
 		err = -ENOENT;
+	return err;
+}
+
+static int meta_journal_remove_row(meta *m, int64_t id)
+{
+	sqlite3_stmt *st = meta_stmt(m, &m->writer, MS_JOURNAL_REMOVE);
+	int err;
+
+	if (!st)
+		return -EIO;
+	sqlite3_bind_int64(st, 1, id);
+	err = meta_run(m, st, "journal remove");
+	if (!err && sqlite3_changes(m->writer.db) == 0)
+		err = -ENOENT;
+	return err;
+}
+
+int meta_clear_local(meta *m, const char *path, const char *etag, uint64_t size,
+                     int64_t last_modified_ns)
+{
+	int err;
+
+	if (!meta_path_ok(path) || !etag)
+		return -EINVAL;
+	err = meta_write_begin(m);
+	if (err)
+		return err;
+	return meta_end(m, meta_clear_local_row(m, path, etag, size, last_modified_ns));
+}
+
+int meta_upload_done(meta *m, const char *path, const char *etag, uint64_t size,
+                     int64_t last_modified_ns, int64_t journal_id, bool *entry_found)
+{
+	int err, c;
+
+	*entry_found = false;
+	if (!meta_path_ok(path) || !etag)
+		return -EINVAL;
+	err = meta_write_begin(m);
+	if (err)
+		return err;
+	c = meta_clear_local_row(m, path, etag, size, last_modified_ns);
+	if (c && c != -ENOENT)
+		return meta_end(m, c);
+	*entry_found = c == 0;
+	if (journal_id)
+		err = meta_journal_remove_row(m, journal_id);
 	return meta_end(m, err);
 }
 
@@ -528,20 +569,11 @@ int meta_journal_update(meta *m, const meta_journal_entry *j)
 
 int meta_journal_remove(meta *m, int64_t id)
 {
-	sqlite3_stmt *st;
-	int err;
+	int err = meta_write_begin(m);
 
-	err = meta_write_begin(m);
 	if (err)
 		return err;
-	st = meta_stmt(m, &m->writer, MS_JOURNAL_REMOVE);
-	if (!st)
-		return meta_end(m, -EIO);
-	sqlite3_bind_int64(st, 1, id);
-	err = meta_run(m, st, "journal remove");
-	if (!err && sqlite3_changes(m->writer.db) == 0)
-		err = -ENOENT;
-	return meta_end(m, err);
+	return meta_end(m, meta_journal_remove_row(m, id));
 }
 
 int meta_journal_list(meta *m, meta_journal_fn fn, void *ctx)

@@ -893,7 +893,7 @@ static void test_staged_files_are_outside_the_cap_and_commit_into_the_cache(void
 	free(keys);
 
 	/* Uploaded: the staged file becomes the cached object, under the cap. */
-	CHECK(cache_stage_commit(c, "w", "\"new\"", size) == 0);
+	CHECK(cache_stage_commit(c, "w", "\"new\"", size, false) == 0);
 	CHECK(cache_dirty_bytes(c) == 0);
 	CHECK(du_objects(dir) <= 2 * MiB);
 	{
@@ -904,13 +904,13 @@ static void test_staged_files_are_outside_the_cap_and_commit_into_the_cache(void
 		CHECK(r == 8192 && !memcmp(got, want + 2 * MiB, 8192));
 		CHECK(atomic_load(&fk.calls) == calls);
 	}
-	CHECK(cache_stage_commit(c, "w", "\"new\"", size) == -ENOENT);
+	CHECK(cache_stage_commit(c, "w", "\"new\"", size, false) == -ENOENT);
 
 	/* A new file, committed: a key the cache has never seen. */
 	CHECK(cache_stage_open(c, "brand/new", NULL, 0, &fd) == 0);
 	CHECK(pwrite(fd, "hello", 5, 0) == 5);
 	close(fd);
-	CHECK(cache_stage_commit(c, "brand/new", "\"n\"", 5) == 0);
+	CHECK(cache_stage_commit(c, "brand/new", "\"n\"", 5, true) == 0);
 	{
 		int calls = atomic_load(&fk.calls);
 

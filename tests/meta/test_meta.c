@@ -983,6 +983,81 @@ static void test_attributes_commit_lazily_and_the_rest_durably(void)
 	meta_close(m);
 }
 
+static int count_commit(void *arg)
+{
+	(*(int *)arg)++;
+	return 0;
+}
+
+/* An upload's result (the entry no longer local, the journal row gone) is
+ * one transaction: one durable commit, and both or neither. */
+static void test_an_upload_is_recorded_in_one_commit(void)
+{
+	meta_journal_entry j = {.path = "/f", .staged_file = "/cache/f", .size = 3};
+	meta_entry local = {.local = true, .size = 3, .has = META_HAS_MODE, .mode = 0100600};
+	meta *m = open_db("done.db", "");
+	int64_t id, id2;
+	int commits = 0, n = 0;
+	bool found = true;
+	meta_entry e;
+
+	CHECK_INT(meta_upsert(m, "/f", &local), 0);
+	CHECK_INT(meta_journal_add(m, &j, &id), 0);
+	j.path = "/gone";
+	CHECK_INT(meta_journal_add(m, &j, &id2), 0);
+	pthread_mutex_lock(&m->wlock);
+	sqlite3_commit_hook(m->writer.db, count_commit, &commits);
+	pthread_mutex_unlock(&m->wlock);
+	/* A row that is not there: nothing changes. */
+	CHECK_INT(meta_upload_done(m, "/f", "\"f1\"", 3, 0, 999, &found), -ENOENT);
+	CHECK_INT(commits, 0);
+	CHECK_INT(meta_lookup(m, "/f", &e), 0);
+	CHECK(e.local && !e.etag);
+	meta_entry_clear(&e);
+	CHECK_INT(meta_upload_done(m, "/f", "\"f1\"", 3, 0, id, &found), 0);
+	CHECK_INT(commits, 1);
+	CHECK(found);
+	CHECK_INT(meta_lookup(m, "/f", &e), 0);
+	CHECK(!e.local && e.size == 3 && e.mode == 0100600);
+	CHECK_STR(e.etag, "\"f1\"");
+	meta_entry_clear(&e);
+	/* The file was removed while it uploaded: its row goes all the same. */
+	CHECK_INT(meta_upload_done(m, "/gone", "\"g\"", 3, 0, id2, &found), 0);
+	CHECK(!found && !exists(m, "/gone"));
+	CHECK_INT(commits, 2);
+	pthread_mutex_lock(&m->wlock);
+	sqlite3_commit_hook(m->writer.db, NULL, NULL);
+	pthread_mutex_unlock(&m->wlock);
+	CHECK_INT(meta_journal_list(m, count_journal, &n), 0);
+	CHECK_INT(n, 0);
+	meta_close(m);
+}
+
+/* What fs/probe.c relies on: a page applied to a listing that is then
+ * abandoned stays (the entry, and the directories above it), nothing is
+ * swept and the directory is not marked listed. */
+static void test_an_abandoned_listing_keeps_its_pages_and_sweeps_nothing(void)
+{
+	meta_object before[] = {obj("a", 1, "\"a\""), obj("b", 2, "\"b\"")};
+	meta_object probe[] = {obj("d/e/f", 3, "\"f\"")};
+	meta *m = open_db("probe.db", "");
+	meta_listing *l;
+	int64_t at = -1;
+
+	CHECK_INT(list1(m, "/", 0, before, 2, NULL, 0, NULL), 2);
+	CHECK_INT(writer_int(m, "DELETE FROM dirs"), -1); /* no row: not listed */
+	CHECK_INT(meta_listing_begin(m, "/", 0, NULL, NULL, &l), 0);
+	CHECK_INT(meta_listing_add_page(l, probe, 1, NULL, 0), 0);
+	meta_listing_abort(l);
+	CHECK(exists(m, "/a") && exists(m, "/b"));
+	CHECK(exists(m, "/d") && exists(m, "/d/e") && exists(m, "/d/e/f"));
+	MUST(meta_dir_listed_at(m, "/", &at));
+	CHECK_INT(at, 0);
+	MUST(meta_dir_listed_at(m, "/d", &at));
+	CHECK_INT(at, 0);
+	meta_close(m);
+}
+
 static void test_index_survives_close_and_reopen(void)
 {
 	meta_object o[] = {obj("a", 1, "\"a\""), obj("b/c", 2, "\"c\"")};
@@ -1410,6 +1485,8 @@ int main(void)
 	test_an_older_listing_does_not_bring_back_a_removed_directory();
 	test_index_survives_close_and_reopen();
 	test_attributes_commit_lazily_and_the_rest_durably();
+	test_an_upload_is_recorded_in_one_commit();
+	test_an_abandoned_listing_keeps_its_pages_and_sweeps_nothing();
 	test_cloudfiles_view_answers_like_the_dynamodb_table();
 	test_100k_entries_list_and_read_fast();
 	test_lookups_from_8_threads_during_listings();
