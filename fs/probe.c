@@ -36,7 +36,7 @@
 #include "fs.h"
 #include "ops.h"
 
-#define FS_PROBE_SLOTS    1024
+#define FS_PROBE_SLOTS    256
 #define FS_PROBES_PER_DIR 32
 
 struct fs_probe_slot {
@@ -71,9 +71,10 @@ void fs_probes_free(struct fs_ctx *ctx)
 	ctx->probes = NULL;
 }
 
-/* The slot of `path` (FNV-1a), taken over if another path holds it; NULL
- * without memory.  Called with the lock held. */
-static struct fs_probe_slot *probe_slot(struct fs_probes *p, const char *path)
+/* The slot of `path` (FNV-1a); if another path holds it, NULL or, with
+ * `take`, the slot emptied for `path` (NULL without memory).  Called with
+ * the lock held. */
+static struct fs_probe_slot *probe_slot(struct fs_probes *p, const char *path, bool take)
 {
 	uint64_t h = 14695981039346656037ULL;
 	struct fs_probe_slot *s;
@@ -83,6 +84,8 @@ static struct fs_probe_slot *probe_slot(struct fs_probes *p, const char *path)
 	s = &p->slot[h % FS_PROBE_SLOTS];
 	if (s->path && strcmp(s->path, path) == 0)
 		return s;
+	if (!take)
+		return NULL;
 	char *copy = strdup(path);
 	if (!copy)
 		return NULL;
@@ -99,7 +102,7 @@ static bool probe_fresh(struct fs_ctx *ctx, const char *path, int64_t now)
 	bool fresh = false;
 
 	pthread_mutex_lock(&p->lock);
-	s = probe_slot(p, path);
+	s = probe_slot(p, path, false);
 	if (s && s->at && now - s->at < ctx->list_ttl_ns)
 		fresh = true;
 	pthread_mutex_unlock(&p->lock);
@@ -112,7 +115,7 @@ static void probe_done(struct fs_ctx *ctx, const char *path, int64_t at)
 	struct fs_probe_slot *s;
 
 	pthread_mutex_lock(&p->lock);
-	s = probe_slot(p, path);
+	s = probe_slot(p, path, true);
 	if (s && at > s->at)
 		s->at = at;
 	pthread_mutex_unlock(&p->lock);
@@ -127,7 +130,7 @@ static bool probe_allowed(struct fs_ctx *ctx, const char *dir, int64_t now)
 	bool ok = true;
 
 	pthread_mutex_lock(&p->lock);
-	s = probe_slot(p, dir);
+	s = probe_slot(p, dir, true);
 	if (s) {
 		if (!s->kids_at || now - s->kids_at >= ctx->list_ttl_ns) {
 			s->kids_at = now;

@@ -483,7 +483,7 @@ static int meta_conn_open(meta *m, struct meta_conn *c, const char *path, bool w
 	snprintf(sql, sizeof(sql),
 	         "PRAGMA synchronous = FULL; PRAGMA cache_size = -%d; PRAGMA mmap_size = 0;"
 	         "PRAGMA temp_store = FILE; PRAGMA foreign_keys = OFF;",
-	         writer ? o->cache_kib * 4 : o->cache_kib);
+	         writer ? o->cache_kib * 2 : o->cache_kib);
 	err = meta_exec(m, c, sql);
 	if (err)
 		meta_conn_close(c);
