@@ -205,6 +205,25 @@ def test_a_lookup_asks_for_one_name_not_the_whole_directory(s3server, bucket, tm
         assert open(path('both/inner'), 'rb').read() == b'inner'
 
 
+def test_many_lookups_in_one_directory_list_it_instead(s3server, bucket, tmp_path):
+    """Names looked up one by one (stat, no readdir): the first 32 in a
+    directory are probes (two LISTs each), then the directory is listed
+    (one page here) and the rest cost no LIST."""
+    items = {'flat/f%03d' % i: b'%d' % i for i in range(60)}
+    bulk_put(s3server, bucket, items)
+    with Mount(s3server, bucket, tmp_path, opts={'list_ttl': 3600}) as m:
+        assert os.path.isdir(os.path.join(m.mp, 'flat'))
+        r0 = m.requests()
+        for k, v in sorted(items.items()):
+            assert os.stat(os.path.join(m.mp, k)).st_size == len(v), k
+        d = delta(m.requests(), r0)
+        # 32 probes, one listing of flat/; each file's attributes: one GET
+        assert d['list'] == 2 * 32 + 1, d
+        assert d['get'] == len(items) and d['head'] == 0, d
+        assert sorted(os.listdir(os.path.join(m.mp, 'flat'))) == sorted(
+            k.split('/')[1] for k in items)
+
+
 def test_a_probed_name_changed_behind_the_back_is_seen_after_list_ttl(s3server, bucket,
                                                                       tmp_path):
     bulk_put(s3server, bucket, {'changing': b'version 1', 'going': b'bye', 'turning': b'file',
