@@ -1,10 +1,9 @@
 /*
  * probe.c - finding one name without listing its whole directory.
  *
- * A lookup in a directory whose listing is missing or older than list_ttl
- * used to list that directory, flat: `cat /mnt/bucket/file` on a fresh mount
- * of a bucket of a million keys listed 20 pages before the first byte.  Now
- * it asks S3 about that one name, as s3fs and mountpoint-s3 do, but with
+ * A lookup in a directory never listed used to list that directory, flat:
+ * `cat /mnt/bucket/file` on a fresh mount of a bucket of a million keys
+ * listed 20 pages before the first byte.  Now it asks S3 about that one name, as s3fs and mountpoint-s3 do, but with
  * LISTs, whose ETag and LastModified are the ones a later listing compares
  * with (a HEAD's LastModified has whole seconds only, and a listing would
  * take the entry for a new version and drop its cached contents):
@@ -20,6 +19,14 @@
  * attributes are fetched as for a listed entry (fs_lookup).  The answer,
  * "found" or "not there", is trusted for list_ttl, like a listing, and kept
  * in memory in a small table that forgets on collisions.
+ *
+ * A directory listed before, longer than list_ttl ago, is listed again, as
+ * it always was: this mount's own removals drop a name from the index before
+ * the S3 delete that follows (rename, unlink), and a probe of that name in
+ * between would bring it back, trusted for list_ttl, where a listing's next
+ * pass sweeps it; in a directory in use (listed, and renamed in) that window
+ * is met often enough to matter (the TSan stress test saw a renamed-away
+ * name come back).  A probe is for the first touch of a directory.
  *
  * The parent is listed instead when
  *   - more than FS_PROBES_PER_DIR of its names were probed within list_ttl:
@@ -255,9 +262,9 @@ int fs_find(struct fs_ctx *ctx, const char *parent, const char *path, meta_entry
 	r = meta_dir_listed_at(ctx->meta, parent, &at);
 	if (r == 0 && at && now - at < ctx->list_ttl_ns)
 		return 0;
-	if (probe_fresh(ctx, path, now))
+	if (r == 0 && !at && probe_fresh(ctx, path, now))
 		return 0;
-	if (probe_allowed(ctx, parent, now)) {
+	if (r == 0 && !at && probe_allowed(ctx, parent, now)) {
 		r = probe(ctx, parent, path, now, out);
 		if (r == 0)
 			return 0;

@@ -9,7 +9,10 @@ For BUCKETFS_STRESS_SECONDS (default 8) these threads run at once:
     (uploaded before the mount, never written) and check every byte;
   - region writers: all keep one shared file open and pwrite/pread their own
     64 KiB region of it, fsync now and then (uploads while others write);
-  - listers: readdir and stat of the directories the writers change.
+  - listers: readdir and stat of the directories the writers change;
+  - a prober: stat of the read-only objects and of names that do not exist,
+    one at a time (lookups that probe S3 for one name once list_ttl, 1 s,
+    has passed, racing the listers' listings of the same directory).
 No syscall may fail (the listers tolerate ENOENT for a name that a writer
 renamed between readdir and stat).  Then every file reads back as last
 written, the daemon exits 0 at unmount with no sanitizer report
@@ -27,7 +30,7 @@ from refcheck import object_bytes
 KiB = 1 << 10
 MiB = 1 << 20
 SECONDS = float(os.environ.get('BUCKETFS_STRESS_SECONDS', '8'))
-WRITERS, READERS, REGION_WRITERS, LISTERS = 3, 3, 3, 2
+WRITERS, READERS, REGION_WRITERS, LISTERS, PROBERS = 3, 3, 3, 2, 1
 REGION = 64 * KiB
 
 
@@ -69,7 +72,7 @@ def test_concurrent_workload(s3rver, tmp_path):
     failures = []
     final = {}  # relative path -> bytes the mount must hold at the end
     lock = threading.Lock()
-    counts = {'writes': 0, 'reads': 0, 'region': 0, 'lists': 0}
+    counts = {'writes': 0, 'reads': 0, 'region': 0, 'lists': 0, 'probes': 0}
 
     def count(k):
         with lock:
@@ -173,11 +176,23 @@ def test_concurrent_workload(s3rver, tmp_path):
                             pass  # renamed or unlinked since the readdir
                 count('lists')
 
+        @guard
+        def prober(idx):
+            r = random.Random(400 + idx)
+            keys = sorted(shared)
+            while not stop.is_set():
+                k = r.choice(keys)
+                assert os.stat(os.path.join(mp, k)).st_size == len(shared[k]), k
+                absent = os.path.join(mp, 'ro', 'absent%d' % r.randrange(50))
+                assert not os.path.exists(absent), absent
+                count('probes')
+
         threads = ([threading.Thread(target=writer, args=(i,)) for i in range(WRITERS)] +
                    [threading.Thread(target=reader, args=(i,)) for i in range(READERS)] +
                    [threading.Thread(target=region_writer, args=(i,))
                     for i in range(REGION_WRITERS)] +
-                   [threading.Thread(target=lister, args=(i,)) for i in range(LISTERS)])
+                   [threading.Thread(target=lister, args=(i,)) for i in range(LISTERS)] +
+                   [threading.Thread(target=prober, args=(i,)) for i in range(PROBERS)])
         run_threads(threads, stop, failures)
         print('%.0f s: %r' % (SECONDS, counts))
         assert all(counts.values()), 'a kind of worker did nothing: %r' % counts
