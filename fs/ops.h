@@ -96,9 +96,10 @@ void fs_probes_free(struct fs_ctx *ctx); /* idempotent */
 /* Makes the index as fresh as list_ttl asks for `path` (in directory
  * `parent`): trusts a fresh listing of the parent or an earlier probe of
  * `path`, else asks S3 about `path` alone, or lists the parent when that
- * cannot settle it.  0 (the index has the answer), 1 when the index could
- * not store what S3 said (a full disk): *out holds it (meta_entry_clear
- * it), or a negative errno. */
+ * cannot settle it.  0 (the index has the answer), 1 when a probe filled
+ * *out with the entry (read back from the index, or what S3 said when the
+ * index could not store it: a full disk; meta_entry_clear it), or a
+ * negative errno. */
 int fs_find(struct fs_ctx *ctx, const char *parent, const char *path, meta_entry *out);
 
 /* Finds `path` in a fresh listing of its parent (or a fresh probe of it

@@ -163,9 +163,10 @@ static int probe_list(struct fs_ctx *ctx, const char *path, const char *prefix, 
 }
 
 /* Asks S3 about `path` alone and applies the answer to the index: 0 done
- * (the index is now as fresh as a listing for `path`), 1 list the parent
- * instead, 2 the index could not store what was found, which is in *out,
- * or a negative errno (S3 not reachable). */
+ * (the index is now as fresh as a listing for `path`, which holds no entry
+ * there), 1 list the parent instead, 2 the entry is in *out (as the index
+ * now holds it, or, if the index could not store it, as S3 said), or a
+ * negative errno (S3 not reachable). */
 static int probe(struct fs_ctx *ctx, const char *parent, const char *path, int64_t now,
                  meta_entry *out)
 {
@@ -240,10 +241,16 @@ static int probe(struct fs_ctx *ctx, const char *parent, const char *path, int64
 		r = 1; /* not applied as found (see the top of this file) */
 	else if (!o && found == 0 && !e.local)
 		r = 1; /* gone from S3 */
-	else
-		probe_done(ctx, path, now);
-	if (r)
+	if (r) {
 		fs_log(FS_LOG_DEBUG, "%s: the index and S3 disagree, listing %s", path, parent);
+		goto out;
+	}
+	probe_done(ctx, path, now);
+	if (found == 0) {
+		*out = e; /* the caller's now */
+		memset(&e, 0, sizeof(e));
+		r = 2;
+	}
 out:
 	meta_listing_abort(l);
 	meta_entry_clear(&e);

@@ -800,7 +800,7 @@ static int wb_upload(struct fs_ctx *ctx, struct fs_file *f)
 		 * taking the object for a new version (and dropping its HEAD
 		 * fields and cached content). */
 		bool found;
-		int c = meta_upload_done(ctx->meta, path, etag, size, 0, jid, &found);
+		int c = meta_upload_done(ctx->meta, path, etag, size, jid, &found);
 		if (c)
 			fs_log(FS_LOG_WARNING,
 			       "index: %s uploaded but not recorded, its journal row kept: %s",

@@ -327,14 +327,14 @@ int meta_clear_local(meta *m, const char *path, const char *etag, uint64_t size,
                      int64_t last_modified_ns) META_WARN_UNUSED;
 
 /*
- * An upload of `path` finished: meta_clear_local() and the removal of
- * journal row `journal_id` (0: none) in one transaction, one durable commit
- * instead of two.  *entry_found is false when the entry is gone (removed
+ * An upload of `path` finished: meta_clear_local() with LastModified 0 (a
+ * PUT does not say it; the next listing adopts the listed one) and the
+ * removal of journal row `journal_id` (0: none) in one transaction, one
+ * durable commit instead of two.  *entry_found is false when the entry is gone (removed
  * meanwhile); the row is removed all the same.  -ENOENT only when the row
  * is absent; on any error nothing changed.
  */
-int meta_upload_done(meta *m, const char *path, const char *etag, uint64_t size,
-                     int64_t last_modified_ns, int64_t journal_id,
+int meta_upload_done(meta *m, const char *path, const char *etag, uint64_t size, int64_t journal_id,
                      bool *entry_found) META_WARN_UNUSED;
 
 /*

@@ -449,8 +449,8 @@ int meta_clear_local(meta *m, const char *path, const char *etag, uint64_t size,
 	return meta_end(m, meta_clear_local_row(m, path, etag, size, last_modified_ns));
 }
 
-int meta_upload_done(meta *m, const char *path, const char *etag, uint64_t size,
-                     int64_t last_modified_ns, int64_t journal_id, bool *entry_found)
+int meta_upload_done(meta *m, const char *path, const char *etag, uint64_t size, int64_t journal_id,
+                     bool *entry_found)
 {
 	int err, c;
 
@@ -460,7 +460,7 @@ int meta_upload_done(meta *m, const char *path, const char *etag, uint64_t size,
 	err = meta_write_begin(m);
 	if (err)
 		return err;
-	c = meta_clear_local_row(m, path, etag, size, last_modified_ns);
+	c = meta_clear_local_row(m, path, etag, size, 0);
 	if (c && c != -ENOENT)
 		return meta_end(m, c);
 	*entry_found = c == 0;

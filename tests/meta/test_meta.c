@@ -1009,12 +1009,12 @@ static void test_an_upload_is_recorded_in_one_commit(void)
 	sqlite3_commit_hook(m->writer.db, count_commit, &commits);
 	pthread_mutex_unlock(&m->wlock);
 	/* A row that is not there: nothing changes. */
-	CHECK_INT(meta_upload_done(m, "/f", "\"f1\"", 3, 0, 999, &found), -ENOENT);
+	CHECK_INT(meta_upload_done(m, "/f", "\"f1\"", 3, 999, &found), -ENOENT);
 	CHECK_INT(commits, 0);
 	CHECK_INT(meta_lookup(m, "/f", &e), 0);
 	CHECK(e.local && !e.etag);
 	meta_entry_clear(&e);
-	CHECK_INT(meta_upload_done(m, "/f", "\"f1\"", 3, 0, id, &found), 0);
+	CHECK_INT(meta_upload_done(m, "/f", "\"f1\"", 3, id, &found), 0);
 	CHECK_INT(commits, 1);
 	CHECK(found);
 	CHECK_INT(meta_lookup(m, "/f", &e), 0);
@@ -1022,7 +1022,7 @@ static void test_an_upload_is_recorded_in_one_commit(void)
 	CHECK_STR(e.etag, "\"f1\"");
 	meta_entry_clear(&e);
 	/* The file was removed while it uploaded: its row goes all the same. */
-	CHECK_INT(meta_upload_done(m, "/gone", "\"g\"", 3, 0, id2, &found), 0);
+	CHECK_INT(meta_upload_done(m, "/gone", "\"g\"", 3, id2, &found), 0);
 	CHECK(!found && !exists(m, "/gone"));
 	CHECK_INT(commits, 2);
 	pthread_mutex_lock(&m->wlock);
